@@ -1,0 +1,144 @@
+//! Raw serde types of the operator files, exactly as written: `config/*.toml` ([`ConfigSpec`])
+//! and `connectors/*.toml` ([`FileConnectorSpec`], one type per transport `kind`). Mapping
+//! files have their own raw types in [`crate::mapper::spec`].
+//!
+//! Every struct denies unknown fields. Values that later checks may reject (names that
+//! cross-reference other files, expressions, durations) are [`toml::Spanned`] so an error can
+//! point at their line and column. No I/O and no validation happens here.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// `config/<id>.toml`: one deployment — store, feed, identity and profile rules, jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// Names this deployment in the events' `source` (`urn:conflux:<instance>`); defaults to
+    /// the file stem.
+    pub instance: Option<String>,
+    /// Directory that relative paths resolve against; relative to the config file's directory.
+    /// Defaults to `..` (the project root when the file sits in `config/`).
+    pub root: Option<String>,
+    /// Defaults to `connectors` under the root.
+    pub connectors_dir: Option<String>,
+    /// Defaults to `mappings` under the root.
+    pub mappings_dir: Option<String>,
+    pub store: StoreSpec,
+    pub feed: FeedSpec,
+    #[serde(default)]
+    pub identity: IdentitySpec,
+    #[serde(default)]
+    pub profile: ProfileSpec,
+    #[serde(default, rename = "job")]
+    pub jobs: Vec<JobSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSpec {
+    /// `sqlite://<path>` (relative to the root); PostgreSQL arrives later.
+    pub url: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedSpec {
+    /// `file` (NDJSON, the default) or `amqp`.
+    pub sink: Spanned<String>,
+    /// For `sink = "file"`: the NDJSON file events are appended to (relative to the root).
+    pub path: Option<Spanned<String>>,
+    /// For `sink = "amqp"`.
+    pub amqp: Option<AmqpSpec>,
+    /// How long the relay keeps retrying an unreachable destination before the run gives up
+    /// (e.g. "30s", "5m"). Undelivered events stay in the outbox either way.
+    pub retry_budget: Option<Spanned<String>>,
+    /// Events sent per round trip; default 500.
+    pub batch_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSpec {
+    /// `amqp://user:pass@host:5672/vhost`; usually `${CONFLUX_AMQP_URL}`.
+    pub url: Spanned<String>,
+    /// Durable topic exchange, declared on start; default `conflux.customers`.
+    pub exchange: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySpec {
+    /// Strong keys that link customer records outright: `email`, `phone`, or
+    /// `identifier:<scheme>` (e.g. `identifier:vat`). Default: `["email", "identifier:vat"]`.
+    pub match_on: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSpec {
+    /// ISO 4217 code all metrics are expressed in; default `EUR`.
+    pub base_currency: Option<Spanned<String>>,
+    /// Units of base currency per one unit of the keyed currency, as decimal strings:
+    /// `{ USD = "0.92" }`.
+    #[serde(default)]
+    pub fx: BTreeMap<String, Spanned<String>>,
+    /// Systems in descending trust; a golden-record field takes the value of the first system
+    /// in this list that has one, then the most recently updated value.
+    #[serde(default)]
+    pub source_priority: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: Spanned<String>,
+    /// Cron expression: 5 fields, or 6 with seconds first.
+    pub schedule: Option<Spanned<String>>,
+    /// IANA time zone of the schedule; default UTC.
+    pub timezone: Option<Spanned<String>>,
+    /// `<connector>` (all its streams) or `<connector>.<stream>`, run in this order.
+    pub sync: Vec<Spanned<String>>,
+}
+
+/// `connectors/<id>.toml` with `kind = "file"`: files dropped into a directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConnectorSpec {
+    pub kind: Spanned<String>,
+    /// The system name in source refs; defaults to the connector id.
+    pub system: Option<String>,
+    /// Directory the streams' patterns are matched in (relative to the root).
+    pub dir: Spanned<String>,
+    /// When set, files are moved here once their records are committed.
+    pub archive_dir: Option<Spanned<String>>,
+    /// Values that mean "absent" in this system, e.g. `["", "NULL"]` or `[false]` (Odoo).
+    /// Default: `[""]`.
+    pub empty_values: Option<Vec<toml::Value>>,
+    #[serde(rename = "stream")]
+    pub streams: Vec<FileStreamSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStreamSpec {
+    pub name: Spanned<String>,
+    /// Glob relative to the connector's `dir`, e.g. `DEBMAS*.xml` or `exports/*.csv`.
+    pub pattern: Spanned<String>,
+    /// `csv`, `json`, `ndjson` or `xml`.
+    pub format: Spanned<String>,
+    /// JSON: dotted path to the record array (`d.results`; default: the document is the
+    /// array). XML: slash path of the record elements from the root (`DEBMAS07/IDOC`).
+    pub records: Option<Spanned<String>>,
+    /// The mapping id (a file stem under `mappings/`).
+    pub mapping: Spanned<String>,
+    /// CSV only: one character, default `,`.
+    pub delimiter: Option<Spanned<String>>,
+    /// CSV only: one character, default `"`.
+    pub quote: Option<Spanned<String>>,
+    /// `utf-8` (default) or `windows-1252` (CSV and NDJSON; XML declares its own).
+    pub encoding: Option<Spanned<String>>,
+    /// Records per committed batch; default 1000.
+    pub batch_size: Option<usize>,
+}

@@ -1,0 +1,158 @@
+//! Durable state: canonical records, file checkpoints, quarantine, identity links, versioned
+//! profiles, the outbox and job runs.
+//!
+//! [`Store`] is the trait the pipeline and the relay talk to; [`StoreTx`] is one open
+//! transaction. Everything one batch changes goes through one `StoreTx` and becomes visible
+//! at [`StoreTx::commit`] or not at all. [`sqlite::SqliteStore`] is the embedded
+//! implementation; the schema lives in numbered migrations under `migrations/sqlite`.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::model::profile::CustomerProfile;
+use crate::model::{Customer, Order, Record, SourceRef};
+use crate::sink::OutboxEvent;
+use crate::source::IngestedFile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("store migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store: {0}")]
+    Corrupt(String),
+    #[error("unsupported store url {0:?}: expected sqlite://<path>")]
+    UnsupportedUrl(String),
+}
+
+/// Whether an upsert changed anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    Inserted,
+    Updated,
+    Unchanged,
+}
+
+/// A record that failed parsing, mapping or validation, kept with its raw payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantineEntry {
+    pub connector: String,
+    pub stream: String,
+    /// The source id when the mapping got that far, else the origin (`file:line`).
+    pub source_ref: String,
+    pub raw: String,
+    pub reason: String,
+}
+
+/// A customer record with the profile it is linked to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkedCustomer {
+    pub customer: Customer,
+    pub profile_id: Uuid,
+}
+
+/// One row of the quarantine, as listed to operators.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantineRow {
+    pub id: i64,
+    pub run_id: Option<i64>,
+    pub connector: String,
+    pub stream: String,
+    pub source_ref: String,
+    pub raw: String,
+    pub reason: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Opens a transaction for one batch.
+    async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError>;
+
+    /// Files of a connector stream that are already ingested.
+    async fn ingested_files(
+        &self,
+        connector: &str,
+        stream: &str,
+    ) -> Result<Vec<IngestedFile>, StoreError>;
+
+    /// Records the start of a job run and returns its id.
+    async fn start_run(&self, job: &str) -> Result<i64, StoreError>;
+    /// Records the end of a job run with its outcome and summary (JSON).
+    async fn finish_run(&self, run_id: i64, status: &str, summary: &str)
+    -> Result<(), StoreError>;
+
+    /// Up to `limit` undelivered events in delivery order.
+    async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// Marks the given outbox rows delivered.
+    async fn mark_delivered(&self, seqs: &[i64]) -> Result<(), StoreError>;
+    /// How many events wait for delivery.
+    async fn pending_count(&self) -> Result<i64, StoreError>;
+
+    /// The latest version of a profile; a retired id resolves to the profile it merged into.
+    async fn profile(&self, profile_id: Uuid) -> Result<Option<CustomerProfile>, StoreError>;
+    /// Profile ids whose customers carry this (normalised) e-mail address.
+    async fn profiles_by_email(&self, email: &str) -> Result<Vec<Uuid>, StoreError>;
+    /// Quarantined rows, newest first.
+    async fn quarantine_rows(&self, limit: i64) -> Result<Vec<QuarantineRow>, StoreError>;
+}
+
+#[async_trait]
+pub trait StoreTx: Send {
+    /// Stores a canonical record keyed by its source ref, unless its content hash is unchanged.
+    async fn upsert_record(&mut self, record: &Record, run_id: i64) -> Result<Upsert, StoreError>;
+    async fn quarantine(&mut self, entry: &QuarantineEntry, run_id: i64)
+    -> Result<(), StoreError>;
+    async fn mark_ingested(
+        &mut self,
+        connector: &str,
+        stream: &str,
+        file: &IngestedFile,
+    ) -> Result<(), StoreError>;
+
+    /// Replaces the strong match keys of a customer record (`email:a@b.c`, `phone:+49...`).
+    async fn set_match_keys(&mut self, record: &SourceRef, keys: &[String])
+    -> Result<(), StoreError>;
+    /// Customer records holding any of these keys, with their current profile id.
+    async fn records_with_keys(
+        &mut self,
+        keys: &[String],
+    ) -> Result<Vec<(SourceRef, Option<Uuid>)>, StoreError>;
+    /// The match keys of a customer record.
+    async fn match_keys(&mut self, record: &SourceRef) -> Result<Vec<String>, StoreError>;
+    /// The profile a customer record is linked to.
+    async fn link_of(&mut self, record: &SourceRef) -> Result<Option<Uuid>, StoreError>;
+    /// Links a customer record to a profile (replacing any earlier link).
+    async fn set_link(&mut self, record: &SourceRef, profile_id: Uuid) -> Result<(), StoreError>;
+    /// Marks `retired` as merged into `survivor`; its lookups resolve to the survivor.
+    async fn retire_profile(&mut self, retired: Uuid, survivor: Uuid) -> Result<(), StoreError>;
+    /// All customer records linked to a profile.
+    async fn customers_of(&mut self, profile_id: Uuid) -> Result<Vec<Customer>, StoreError>;
+    /// Orders whose customer ref is `(system, customer_id)`.
+    async fn orders_of_customer(
+        &mut self,
+        system: &str,
+        customer_id: &str,
+    ) -> Result<Vec<Order>, StoreError>;
+    /// Profiles linked to a customer `(system, source_id)` in any customer stream.
+    async fn profiles_of_customer_id(
+        &mut self,
+        system: &str,
+        customer_id: &str,
+    ) -> Result<Vec<Uuid>, StoreError>;
+    /// The latest stored version number and content hash of a profile.
+    async fn latest_profile(&mut self, profile_id: Uuid)
+    -> Result<Option<(i64, String)>, StoreError>;
+    /// Writes a new profile version and its outbox event in this transaction.
+    async fn write_profile(
+        &mut self,
+        profile: &CustomerProfile,
+        content_hash: &str,
+        event_type: &str,
+        event_body: &str,
+    ) -> Result<(), StoreError>;
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
