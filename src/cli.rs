@@ -1,1 +1,358 @@
-//! stub
+//! The command line: `run`, `validate`, `test`, `preview`, `profiles show`,
+//! `quarantine list`. Each subcommand loads the config through [`crate::config::load`] and
+//! maps its outcome onto the exit codes of [`crate::error`]. Human output goes to stdout,
+//! logs to stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::config::{self, Config, Transport};
+use crate::error::{EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};
+use crate::mapper::MapContext;
+use crate::pipeline::{self, PipelineError};
+use crate::source::RawItem;
+use crate::source::file::{FileFormat, FileStreamSettings, TextEncoding, read_file};
+
+#[derive(Debug, Parser)]
+#[command(name = "conflux", version, about = "ERP/SCM integration daemon: connectors → mapping → identity → customer profiles → AMQP feed")]
+pub struct Cli {
+    /// The deployment's config file.
+    #[arg(long, short, global = true, env = "CONFLUX_CONFIG", default_value = "config/conflux.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a job once (all jobs when none is named) and delivers the feed.
+    Run {
+        /// The job to run.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Checks the config, every connector and every mapping; reports all errors at once.
+    Validate,
+    /// Runs the `[[test]]` cases of every mapping (or of the named ones).
+    Test {
+        /// Mapping ids to test; all when empty.
+        mappings: Vec<String>,
+    },
+    /// Maps a sample file with a mapping and prints canonical records or the failing field.
+    Preview {
+        /// The mapping id, e.g. `demo_sap.customer`.
+        mapping: String,
+        /// A sample file in the format of a stream that uses the mapping.
+        sample: PathBuf,
+        /// Print at most this many records.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Looks at published profiles.
+    Profiles {
+        #[command(subcommand)]
+        command: ProfilesCommand,
+    },
+    /// Looks at quarantined records.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// Prints the latest version of a profile, by profile id or e-mail address.
+    Show { key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// Lists the newest quarantined records with their reasons.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+/// Parses the arguments, runs the command and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    ExitCode::from(runtime.block_on(execute(cli)))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONFLUX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs one parsed command; returns the exit code.
+pub async fn execute(cli: Cli) -> u8 {
+    let config = match config::load(&cli.config) {
+        Ok(config) => config,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            eprintln!("{} error(s); nothing was run", diagnostics.0.len());
+            return EXIT_INVALID;
+        }
+    };
+    match cli.command {
+        Command::Validate => {
+            println!(
+                "{}: ok ({} connectors, {} mappings, {} jobs)",
+                cli.config.display(),
+                config.connectors.len(),
+                config.mappings.len(),
+                config.jobs.len()
+            );
+            EXIT_OK
+        }
+        Command::Run { job } => run(&config, job.as_deref()).await,
+        Command::Test { mappings } => test(&config, &mappings),
+        Command::Preview { mapping, sample, limit } => preview(&config, &mapping, &sample, limit),
+        Command::Profiles { command: ProfilesCommand::Show { key } } => show_profile(&config, &key).await,
+        Command::Quarantine { command: QuarantineCommand::List { limit } } => {
+            list_quarantine(&config, limit).await
+        }
+    }
+}
+
+async fn run(config: &Config, job: Option<&str>) -> u8 {
+    match pipeline::run(config, job).await {
+        Ok(summary) => {
+            println!("{summary}");
+            EXIT_OK
+        }
+        Err(PipelineError::Undelivered { pending, destination, error, summary }) => {
+            println!("{summary}");
+            eprintln!(
+                "error: {pending} events undelivered to {destination}: {error}; they stay in the outbox and the next run delivers them"
+            );
+            EXIT_RUNTIME
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+/// The system and empty-value convention a mapping is used with (the first stream that
+/// names it), so tests and previews see values the way production does.
+fn mapping_context(config: &Config, mapping: &str) -> (String, String, Vec<serde_json::Value>) {
+    for connector in config.connectors.values() {
+        let Transport::File(file) = &connector.transport;
+        if let Some(stream) = file.streams.iter().find(|s| s.mapping == mapping) {
+            return (connector.system.clone(), stream.name.clone(), connector.empty_values.clone());
+        }
+    }
+    ("test".into(), "test".into(), vec![serde_json::Value::String(String::new())])
+}
+
+fn test(config: &Config, only: &[String]) -> u8 {
+    if let Some(unknown) = only.iter().find(|m| !config.mappings.contains_key(*m)) {
+        eprintln!("error: no mapping named {unknown:?}");
+        return EXIT_INVALID;
+    }
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for (id, mapping) in &config.mappings {
+        if !only.is_empty() && !only.contains(id) {
+            continue;
+        }
+        let (system, stream, empty_values) = mapping_context(config, id);
+        let ctx = MapContext { system: &system, stream: &stream, empty_values: &empty_values };
+        for outcome in mapping.run_tests(&ctx) {
+            let name = outcome.name.clone().unwrap_or_else(|| format!("case {}", outcome.case));
+            match &outcome.failure {
+                None => {
+                    passed += 1;
+                    println!("ok     {id} [{name}]");
+                }
+                Some(failure) => {
+                    failed += 1;
+                    println!("FAILED {id} [{name}]: {failure}");
+                }
+            }
+        }
+    }
+    println!("mappings: {passed} passed, {failed} failed");
+    if failed > 0 { EXIT_INVALID } else { EXIT_OK }
+}
+
+fn preview(config: &Config, mapping_id: &str, sample: &Path, limit: usize) -> u8 {
+    let Some(mapping) = config.mappings.get(mapping_id) else {
+        eprintln!("error: no mapping named {mapping_id:?}");
+        return EXIT_INVALID;
+    };
+    let settings = match preview_settings(config, mapping_id, sample) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return EXIT_INVALID;
+        }
+    };
+    let items = match read_file(sample, &settings) {
+        Ok(items) => items,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_RUNTIME;
+        }
+    };
+    let (system, stream, empty_values) = mapping_context(config, mapping_id);
+    let ctx = MapContext { system: &system, stream: &stream, empty_values: &empty_values };
+    let (mut ok, mut failed) = (0usize, 0usize);
+    for item in &items {
+        let shown = ok + failed < limit;
+        match item {
+            RawItem::Broken(broken) => {
+                failed += 1;
+                if shown {
+                    println!("ERROR {}: {}", broken.origin, broken.reason);
+                }
+            }
+            RawItem::Record(raw) => match mapping.apply(&raw.value, &ctx) {
+                Ok(record) => {
+                    ok += 1;
+                    if shown {
+                        let json = serde_json::to_string_pretty(&record).unwrap_or_default();
+                        println!("{}:\n{json}", raw.origin);
+                    }
+                }
+                Err(error) => {
+                    failed += 1;
+                    if shown {
+                        println!("ERROR {}: {error}", raw.origin);
+                    }
+                }
+            },
+        }
+    }
+    println!("{} records: {ok} mapped, {failed} failed", items.len());
+    if failed > 0 { EXIT_INVALID } else { EXIT_OK }
+}
+
+/// The reader settings of the stream that uses the mapping, or ones inferred from the
+/// sample's extension.
+fn preview_settings(config: &Config, mapping: &str, sample: &Path) -> Result<FileStreamSettings, String> {
+    for connector in config.connectors.values() {
+        let Transport::File(file) = &connector.transport;
+        if let Some(stream) = file.streams.iter().find(|s| s.mapping == mapping) {
+            return Ok(FileStreamSettings {
+                format: FileFormat::parse(&stream.format).unwrap_or(FileFormat::Json),
+                records: stream.records.clone(),
+                delimiter: stream.delimiter,
+                quote: stream.quote,
+                encoding: TextEncoding::parse(&stream.encoding).unwrap_or(TextEncoding::Utf8),
+                batch_size: stream.batch_size,
+            });
+        }
+    }
+    let extension = sample.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let format = match extension {
+        "jsonl" => Some(FileFormat::Ndjson),
+        other => FileFormat::parse(other),
+    }
+    .ok_or_else(|| {
+        format!(
+            "no stream uses mapping {mapping:?} and the format of {} cannot be told from its extension",
+            sample.display()
+        )
+    })?;
+    if format == FileFormat::Xml {
+        return Err(format!(
+            "no stream uses mapping {mapping:?}, so the XML record path is unknown; add the mapping to a stream"
+        ));
+    }
+    Ok(FileStreamSettings {
+        format,
+        records: None,
+        delimiter: b',',
+        quote: b'"',
+        encoding: TextEncoding::Utf8,
+        batch_size: 1000,
+    })
+}
+
+async fn show_profile(config: &Config, key: &str) -> u8 {
+    let store = match pipeline::open_store(config).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_RUNTIME;
+        }
+    };
+    let ids = match Uuid::parse_str(key) {
+        Ok(id) => Ok(vec![id]),
+        Err(_) => store.profiles_by_email(&key.trim().to_lowercase()).await,
+    };
+    let ids = match ids {
+        Ok(ids) => ids,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_RUNTIME;
+        }
+    };
+    let mut found = 0;
+    for id in ids {
+        match store.profile(id).await {
+            Ok(Some(profile)) => {
+                found += 1;
+                println!("{}", serde_json::to_string_pretty(&profile).unwrap_or_default());
+            }
+            Ok(None) => {}
+            Err(error) => {
+                eprintln!("error: {error}");
+                return EXIT_RUNTIME;
+            }
+        }
+    }
+    if found == 0 {
+        eprintln!("no profile found for {key:?}");
+        return EXIT_INVALID;
+    }
+    EXIT_OK
+}
+
+async fn list_quarantine(config: &Config, limit: i64) -> u8 {
+    let rows = match pipeline::open_store(config).await {
+        Ok(store) => store.quarantine_rows(limit).await,
+        Err(error) => Err(error),
+    };
+    match rows {
+        Ok(rows) => {
+            for row in &rows {
+                println!(
+                    "#{} run {} {}/{} {}: {}",
+                    row.id,
+                    row.run_id.map_or("-".into(), |r| r.to_string()),
+                    row.connector,
+                    row.stream,
+                    row.source_ref,
+                    row.reason
+                );
+            }
+            println!("{} quarantined records shown", rows.len());
+            EXIT_OK
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            EXIT_RUNTIME
+        }
+    }
+}

@@ -1,1 +1,523 @@
-//! stub
+//! One job run end to end: sources → mapper → store → resolver → profile → outbox → sink.
+//!
+//! [`run`] walks the job's streams in order. Each [`Batch`] a source yields is processed in
+//! one store transaction ([`StoreTx`]): canonical records are upserted (unchanged ones
+//! skipped by content hash), bad records quarantined, customer identities re-resolved around
+//! the changed records, the affected profiles rebuilt and — when their content hash changed —
+//! written as a new version with its outbox event, and the file checkpoint recorded. Only
+//! after the commit is the source acknowledged (and a done file archived). After the last
+//! stream the relay drains the outbox into the configured [`Sink`]; events that cannot be
+//! delivered stay in the outbox for the next run. [`RunSummary`] counts everything.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use jiff::Timestamp;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::config::{Config, ConnectorConfig, FileStream, SinkConfig, StoreConfig, Transport};
+use crate::mapper::{MapContext, Mapping};
+use crate::model::event::{EventType, ProfileEvent};
+use crate::model::{Record, SourceRef};
+use crate::profile::{self, ProfileSettings};
+use crate::resolver::{self, LinkInput};
+use crate::sink::amqp::AmqpSink;
+use crate::sink::file::FileSink;
+use crate::sink::relay::{self, RelaySettings};
+use crate::sink::Sink;
+use crate::source::file::{FileFormat, FileSource, FileStreamSettings, TextEncoding};
+use crate::source::{Batch, Checkpoint, RawItem, Source, SourceError};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{QuarantineEntry, Store, StoreError, StoreTx, Upsert};
+
+/// Counters of one run, printed at its end and stored with the job run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunSummary {
+    pub records_read: u64,
+    pub records_mapped: u64,
+    pub records_quarantined: u64,
+    pub records_unchanged: u64,
+    pub records_inserted: u64,
+    pub records_updated: u64,
+    pub files_read: u64,
+    pub profiles_created: u64,
+    pub profiles_updated: u64,
+    pub profiles_merged: u64,
+    pub events_delivered: u64,
+    pub events_pending: u64,
+    /// Where the feed went.
+    pub feed: String,
+}
+
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "records:  {} read, {} mapped, {} quarantined, {} unchanged ({} new, {} changed) from {} files",
+            self.records_read,
+            self.records_mapped,
+            self.records_quarantined,
+            self.records_unchanged,
+            self.records_inserted,
+            self.records_updated,
+            self.files_read
+        )?;
+        writeln!(
+            f,
+            "profiles: {} created, {} updated, {} merged",
+            self.profiles_created, self.profiles_updated, self.profiles_merged
+        )?;
+        write!(
+            f,
+            "events:   {} delivered, {} pending -> {}",
+            self.events_delivered, self.events_pending, self.feed
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("connector {connector}, stream {stream}: {source}")]
+    Source {
+        connector: String,
+        stream: String,
+        #[source]
+        source: SourceError,
+    },
+    #[error("no job named {0:?} in this config")]
+    UnknownJob(String),
+    #[error("{pending} events undelivered to {destination}: {error}; they stay in the outbox and the next run delivers them")]
+    Undelivered {
+        pending: u64,
+        destination: String,
+        error: String,
+        summary: Box<RunSummary>,
+    },
+}
+
+/// Opens the configured store (running its migrations).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.store {
+        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path).await?)),
+    }
+}
+
+/// Builds the configured sink; it connects lazily on first use.
+pub fn open_sink(config: &Config) -> Box<dyn Sink> {
+    match &config.feed.sink {
+        SinkConfig::File { path } => Box::new(FileSink::new(path.clone())),
+        SinkConfig::Amqp { url, exchange } => Box::new(AmqpSink::new(url.clone(), exchange.clone())),
+    }
+}
+
+pub fn profile_settings(config: &Config) -> ProfileSettings {
+    ProfileSettings {
+        base_currency: config.profile.base_currency.clone(),
+        fx: config.profile.fx.clone(),
+        source_priority: config.profile.source_priority.clone(),
+    }
+}
+
+/// The `(connector, stream)` pairs a run covers: the named job's, or every job's in order
+/// (each pair once), or — with no jobs configured — every stream of every connector.
+pub fn streams_of(config: &Config, job: Option<&str>) -> Result<Vec<(String, String)>, PipelineError> {
+    let mut pairs = Vec::new();
+    match job {
+        Some(name) => {
+            let job = config
+                .jobs
+                .iter()
+                .find(|j| j.name == name)
+                .ok_or_else(|| PipelineError::UnknownJob(name.to_string()))?;
+            pairs.extend(job.streams.iter().map(|s| (s.connector.clone(), s.stream.clone())));
+        }
+        None if config.jobs.is_empty() => {
+            for connector in config.connectors.values() {
+                let Transport::File(file) = &connector.transport;
+                pairs.extend(file.streams.iter().map(|s| (connector.id.clone(), s.name.clone())));
+            }
+        }
+        None => {
+            for job in &config.jobs {
+                pairs.extend(job.streams.iter().map(|s| (s.connector.clone(), s.stream.clone())));
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    pairs.retain(|p| seen.insert(p.clone()));
+    Ok(pairs)
+}
+
+/// Runs a job (or everything, see [`streams_of`]) once and delivers the feed.
+pub async fn run(config: &Config, job: Option<&str>) -> Result<RunSummary, PipelineError> {
+    let store = open_store(config).await?;
+    let mut sink = open_sink(config);
+    run_with(config, job, store.as_ref(), sink.as_mut()).await
+}
+
+/// [`run`] on an already opened store and sink.
+pub async fn run_with(
+    config: &Config,
+    job: Option<&str>,
+    store: &dyn Store,
+    sink: &mut dyn Sink,
+) -> Result<RunSummary, PipelineError> {
+    let pairs = streams_of(config, job)?;
+    let run_id = store.start_run(job.unwrap_or("*")).await?;
+    let outcome = run_streams(config, &pairs, store, sink, run_id).await;
+    let (status, summary_json) = match &outcome {
+        Ok(summary) => ("ok", serde_json::to_string(summary)),
+        Err(PipelineError::Undelivered { summary, .. }) => ("undelivered", serde_json::to_string(summary)),
+        Err(error) => ("failed", Ok(serde_json::json!({ "error": error.to_string() }).to_string())),
+    };
+    let summary_json = summary_json.unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    store.finish_run(run_id, status, &summary_json).await?;
+    outcome
+}
+
+async fn run_streams(
+    config: &Config,
+    pairs: &[(String, String)],
+    store: &dyn Store,
+    sink: &mut dyn Sink,
+    run_id: i64,
+) -> Result<RunSummary, PipelineError> {
+    let mut summary = RunSummary {
+        feed: sink.describe(),
+        ..RunSummary::default()
+    };
+    let batcher = Batcher {
+        config,
+        settings: profile_settings(config),
+        event_source: format!("urn:conflux:{}", config.instance),
+        run_id,
+    };
+    for (connector_id, stream_name) in pairs {
+        let connector = &config.connectors[connector_id];
+        let Transport::File(file) = &connector.transport;
+        let Some(stream) = file.streams.iter().find(|s| &s.name == stream_name) else {
+            continue;
+        };
+        let mapping = &config.mappings[&stream.mapping];
+        let ingested = store.ingested_files(connector_id, stream_name).await?;
+        let source_error = |source| PipelineError::Source {
+            connector: connector_id.clone(),
+            stream: stream_name.clone(),
+            source,
+        };
+        let mut source = FileSource::new(
+            file.dir.clone(),
+            file.archive_dir.clone(),
+            &stream.pattern,
+            file_settings(stream),
+            ingested,
+        )
+        .map_err(source_error)?;
+        let progress = progress_bar(connector_id, stream_name);
+        let before = summary.clone();
+        while let Some(batch) = source.next_batch().await.map_err(source_error)? {
+            let checkpoint = batch.checkpoint.clone();
+            let mut tx = store.begin().await?;
+            let read = batch.items.len() as u64;
+            batcher
+                .process(tx.as_mut(), connector, stream_name, mapping, batch, &mut summary)
+                .await?;
+            tx.commit().await?;
+            if matches!(checkpoint, Checkpoint::FileDone(_)) {
+                summary.files_read += 1;
+            }
+            source.acknowledge(&checkpoint).await.map_err(source_error)?;
+            progress.inc(read);
+        }
+        progress.finish_and_clear();
+        tracing::info!(
+            connector = %connector_id,
+            stream = %stream_name,
+            read = summary.records_read - before.records_read,
+            quarantined = summary.records_quarantined - before.records_quarantined,
+            unchanged = summary.records_unchanged - before.records_unchanged,
+            "Stream synced."
+        );
+    }
+
+    let settings = RelaySettings {
+        batch_size: config.feed.batch_size as i64,
+        retry_budget: config.feed.retry_budget,
+        ..RelaySettings::default()
+    };
+    let report = relay::drain(store, sink, &settings).await?;
+    summary.events_delivered = report.delivered;
+    summary.events_pending = report.pending;
+    if report.pending > 0 {
+        return Err(PipelineError::Undelivered {
+            pending: report.pending,
+            destination: sink.describe(),
+            error: report.last_error.unwrap_or_else(|| "retry budget exhausted".into()),
+            summary: Box::new(summary),
+        });
+    }
+    Ok(summary)
+}
+
+fn file_settings(stream: &FileStream) -> FileStreamSettings {
+    FileStreamSettings {
+        format: FileFormat::parse(&stream.format).unwrap_or(FileFormat::Json),
+        records: stream.records.clone(),
+        delimiter: stream.delimiter,
+        quote: stream.quote,
+        encoding: TextEncoding::parse(&stream.encoding).unwrap_or(TextEncoding::Utf8),
+        batch_size: stream.batch_size,
+    }
+}
+
+/// A bar on a terminal; hidden otherwise (the per-stream log line reports progress there).
+fn progress_bar(connector: &str, stream: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}: {pos} records ({per_sec})") {
+        bar.set_style(style);
+    }
+    bar.set_message(format!("{connector}/{stream}"));
+    bar
+}
+
+/// Checks a mapped record against the deployment's rules before it is stored.
+pub fn check_record(record: &Record, settings: &ProfileSettings) -> Result<(), String> {
+    if let Record::Order(order) = record {
+        let has_amount = order.total.is_some() || order.lines.iter().any(|l| l.line_total.is_some());
+        match order.currency.as_deref() {
+            None if has_amount => {
+                return Err(format!(
+                    "order {} has an amount but no currency; map `currency` or give it a default",
+                    order.order_number
+                ));
+            }
+            Some(c) if c != settings.base_currency && !settings.fx.contains_key(c) => {
+                return Err(format!(
+                    "order {} is in {c}, which has no FX rate in [profile.fx] (base currency {}); it is not converted at 1.0",
+                    order.order_number, settings.base_currency
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The per-batch work, shared by every stream of a run.
+struct Batcher<'a> {
+    config: &'a Config,
+    settings: ProfileSettings,
+    event_source: String,
+    run_id: i64,
+}
+
+impl Batcher<'_> {
+    async fn process(
+        &self,
+        tx: &mut dyn StoreTx,
+        connector: &ConnectorConfig,
+        stream: &str,
+        mapping: &Mapping,
+        batch: Batch,
+        summary: &mut RunSummary,
+    ) -> Result<(), StoreError> {
+        let ctx = MapContext {
+            system: &connector.system,
+            stream,
+            empty_values: &connector.empty_values,
+        };
+        let quarantine = |source_ref: String, raw: String, reason: String| QuarantineEntry {
+            connector: connector.id.clone(),
+            stream: stream.to_string(),
+            source_ref,
+            raw,
+            reason,
+        };
+        let mut changed_customers = Vec::new();
+        let mut order_customers = BTreeSet::new();
+        for item in batch.items {
+            summary.records_read += 1;
+            let entry = match item {
+                RawItem::Broken(broken) => Some(quarantine(
+                    broken.origin.to_string(),
+                    broken.raw,
+                    broken.reason,
+                )),
+                RawItem::Record(raw) => match mapping.apply(&raw.value, &ctx) {
+                    Err(error) => Some(quarantine(
+                        raw.origin.to_string(),
+                        raw.value.to_string(),
+                        error.to_string(),
+                    )),
+                    Ok(record) => match check_record(&record, &self.settings) {
+                        Err(reason) => Some(quarantine(
+                            record.source().to_string(),
+                            raw.value.to_string(),
+                            reason,
+                        )),
+                        Ok(()) => {
+                            summary.records_mapped += 1;
+                            match tx.upsert_record(&record, self.run_id).await? {
+                                Upsert::Unchanged => summary.records_unchanged += 1,
+                                outcome => {
+                                    if outcome == Upsert::Inserted {
+                                        summary.records_inserted += 1;
+                                    } else {
+                                        summary.records_updated += 1;
+                                    }
+                                    match record {
+                                        Record::Customer(c) => changed_customers.push(c),
+                                        Record::Order(o) => {
+                                            if let Some(customer) = o.customer_id {
+                                                order_customers.insert((o.source.system, customer));
+                                            }
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            None
+                        }
+                    },
+                },
+            };
+            if let Some(entry) = entry {
+                tracing::warn!(
+                    connector = %entry.connector,
+                    stream = %entry.stream,
+                    record = %entry.source_ref,
+                    reason = %entry.reason,
+                    "Record quarantined."
+                );
+                summary.records_quarantined += 1;
+                tx.quarantine(&entry, self.run_id).await?;
+            }
+        }
+        if let Checkpoint::FileDone(file) = &batch.checkpoint {
+            tx.mark_ingested(&connector.id, stream, file).await?;
+        }
+
+        let rules = &self.config.identity.match_on;
+        for customer in &changed_customers {
+            tx.set_match_keys(&customer.source, &resolver::match_keys(customer, rules))
+                .await?;
+        }
+        let changed: Vec<SourceRef> = changed_customers.into_iter().map(|c| c.source).collect();
+        let (mut affected, merges) = relink(tx, changed).await?;
+        for (system, customer_id) in &order_customers {
+            affected.extend(tx.profiles_of_customer_id(system, customer_id).await?);
+        }
+        for profile_id in affected {
+            self.rebuild(tx, profile_id, merges.get(&profile_id), summary)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a new version of a profile when its content changed (or it absorbed others).
+    async fn rebuild(
+        &self,
+        tx: &mut dyn StoreTx,
+        profile_id: Uuid,
+        merged: Option<&Vec<Uuid>>,
+        summary: &mut RunSummary,
+    ) -> Result<(), StoreError> {
+        let customers = tx.customers_of(profile_id).await?;
+        if customers.is_empty() {
+            return Ok(());
+        }
+        let mut orders = Vec::new();
+        for customer in &customers {
+            orders.extend(
+                tx.orders_of_customer(&customer.source.system, &customer.source.source_id)
+                    .await?,
+            );
+        }
+        let latest = tx.latest_profile(profile_id).await?;
+        let merged_ids = merged.cloned().unwrap_or_default();
+        let version = latest.as_ref().map_or(1, |(v, _)| v + 1);
+        let built = profile::build(profile_id, version, merged_ids, &customers, &orders, &self.settings);
+        let hash = built.content_hash();
+        let event_type = match &latest {
+            _ if !built.merged_ids.is_empty() => EventType::Merged,
+            None => EventType::Created,
+            Some((_, old)) if *old == hash => return Ok(()),
+            Some(_) => EventType::Updated,
+        };
+        match event_type {
+            EventType::Created => summary.profiles_created += 1,
+            EventType::Updated => summary.profiles_updated += 1,
+            EventType::Merged => summary.profiles_merged += 1,
+        }
+        let event = ProfileEvent::new(&self.event_source, event_type, Timestamp::now(), built);
+        let body = serde_json::to_string(&event)
+            .map_err(|e| StoreError::Corrupt(format!("cannot serialise event: {e}")))?;
+        tx.write_profile(&event.data, &hash, event_type.as_str(), &body)
+            .await
+    }
+}
+
+/// Re-resolves identities around the changed customer records: gathers the closed
+/// neighbourhood (records sharing keys, members of the profiles touched), resolves it, and
+/// stores new links and retirements. Returns the profiles to rebuild and the merges by
+/// survivor.
+async fn relink(
+    tx: &mut dyn StoreTx,
+    changed: Vec<SourceRef>,
+) -> Result<(BTreeSet<Uuid>, BTreeMap<Uuid, Vec<Uuid>>), StoreError> {
+    let mut nodes: BTreeMap<SourceRef, LinkInput> = BTreeMap::new();
+    let mut queried_keys: HashSet<String> = HashSet::new();
+    let mut expanded: HashSet<Uuid> = HashSet::new();
+    let mut pending: VecDeque<SourceRef> = changed.into();
+    while !pending.is_empty() {
+        let mut new_keys = Vec::new();
+        while let Some(record) = pending.pop_front() {
+            if nodes.contains_key(&record) {
+                continue;
+            }
+            let keys = tx.match_keys(&record).await?;
+            let current = tx.link_of(&record).await?;
+            new_keys.extend(keys.iter().filter(|k| queried_keys.insert((*k).clone())).cloned());
+            if let Some(profile) = current
+                && expanded.insert(profile)
+            {
+                pending.extend(tx.customers_of(profile).await?.into_iter().map(|c| c.source));
+            }
+            nodes.insert(record.clone(), LinkInput { record, keys, current });
+        }
+        if !new_keys.is_empty() {
+            for (record, _) in tx.records_with_keys(&new_keys).await? {
+                if !nodes.contains_key(&record) {
+                    pending.push_back(record);
+                }
+            }
+        }
+    }
+    let inputs: Vec<LinkInput> = nodes.into_values().collect();
+    let resolution = resolver::resolve(&inputs, Uuid::now_v7);
+    let current: BTreeMap<&SourceRef, Option<Uuid>> =
+        inputs.iter().map(|n| (&n.record, n.current)).collect();
+    for (record, profile) in &resolution.assignments {
+        if current.get(record).copied().flatten() != Some(*profile) {
+            tx.set_link(record, *profile).await?;
+        }
+    }
+    let mut merges = BTreeMap::new();
+    for merge in &resolution.merges {
+        for retired in &merge.retired {
+            tx.retire_profile(*retired, merge.survivor).await?;
+        }
+        merges.insert(merge.survivor, merge.retired.clone());
+    }
+    // Every existing id in the neighbourhood is either kept by a component or retired, so the
+    // assigned profiles are all the profiles whose membership can have changed.
+    Ok((resolution.touched_profiles(), merges))
+}

@@ -1,1 +1,9 @@
+//! conflux's integration tests: one binary, one module per capability.
 
+mod common;
+
+mod amqp; // the feed on the real RabbitMQ: delivery, routing, outage and catch-up
+mod bad_input; // broken CSV rows, truncated XML, wrong types: quarantined, the rest flows
+mod cli; // validate / test / preview / profiles through the real binary
+mod demo; // the bundled demo end to end on SQLite + NDJSON, and idempotent re-runs
+mod schema; // the committed JSON Schema of the feed matches the types
