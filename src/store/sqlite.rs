@@ -203,12 +203,7 @@ impl Store for SqliteStore {
         Ok(id)
     }
 
-    async fn finish_run(
-        &self,
-        run_id: i64,
-        status: &str,
-        summary: &str,
-    ) -> Result<(), StoreError> {
+    async fn finish_run(&self, run_id: i64, status: &str, summary: &str) -> Result<(), StoreError> {
         let done = sqlx::query(
             "UPDATE job_runs SET finished_at = $1, status = $2, summary = $3 WHERE id = $4",
         )
@@ -293,14 +288,13 @@ impl Store for SqliteStore {
     }
 
     async fn quarantine_rows(&self, limit: i64) -> Result<Vec<QuarantineRow>, StoreError> {
-        let rows: Vec<(i64, Option<i64>, String, String, String, String, String)> =
-            sqlx::query_as(
-                "SELECT id, run_id, connector, stream, source_ref, raw, reason FROM quarantine \
+        let rows: Vec<(i64, Option<i64>, String, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, run_id, connector, stream, source_ref, raw, reason FROM quarantine \
                  ORDER BY id DESC LIMIT $1",
-            )
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
             .map(
@@ -380,11 +374,7 @@ impl StoreTx for SqliteTx {
         Ok(Upsert::Updated)
     }
 
-    async fn quarantine(
-        &mut self,
-        entry: &QuarantineEntry,
-        run_id: i64,
-    ) -> Result<(), StoreError> {
+    async fn quarantine(&mut self, entry: &QuarantineEntry, run_id: i64) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO quarantine (run_id, connector, stream, source_ref, raw, reason, \
              created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -682,5 +672,716 @@ impl StoreTx for SqliteTx {
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         self.tx.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal::Decimal;
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::model::profile::{GoldenRecord, Money, OrderMetrics, SCHEMA_VERSION};
+
+    async fn temp_store() -> (TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("conflux.db"))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn source(system: &str, stream: &str, source_id: &str) -> SourceRef {
+        SourceRef {
+            system: system.to_string(),
+            stream: stream.to_string(),
+            source_id: source_id.to_string(),
+        }
+    }
+
+    fn customer(system: &str, stream: &str, source_id: &str, emails: &[&str]) -> Customer {
+        Customer {
+            source: source(system, stream, source_id),
+            full_name: Some(format!("Customer {source_id}")),
+            emails: emails.iter().map(|e| e.to_string()).collect(),
+            ..Customer::default()
+        }
+    }
+
+    fn order(system: &str, source_id: &str, customer_id: Option<&str>) -> Order {
+        Order {
+            source: source(system, "orders", source_id),
+            order_number: source_id.to_string(),
+            customer_id: customer_id.map(str::to_string),
+            total: Some(Decimal::new(1050, 2)),
+            currency: Some("EUR".to_string()),
+            ..Order::default()
+        }
+    }
+
+    fn profile(profile_id: Uuid, version: i64, name: &str) -> CustomerProfile {
+        CustomerProfile {
+            schema_version: SCHEMA_VERSION.to_string(),
+            profile_id,
+            version,
+            merged_ids: Vec::new(),
+            golden: GoldenRecord {
+                full_name: Some(name.to_string()),
+                ..GoldenRecord::default()
+            },
+            metrics: OrderMetrics {
+                order_count: 0,
+                lifetime_value: Money {
+                    amount: Decimal::ZERO,
+                    currency: "EUR".to_string(),
+                },
+                average_order_value: None,
+                first_order_at: None,
+                last_order_at: None,
+            },
+            sources: Vec::new(),
+        }
+    }
+
+    async fn count(store: &SqliteStore, table: &'static str) -> i64 {
+        let sql = match table {
+            "records" => "SELECT COUNT(*) FROM records",
+            "outbox" => "SELECT COUNT(*) FROM outbox",
+            "_sqlx_migrations" => "SELECT COUNT(*) FROM _sqlx_migrations",
+            other => panic!("no count query for {other}"),
+        };
+        sqlx::query_scalar(sql)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn opening_twice_runs_migrations_once_and_creates_parent_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/nested/conflux.db");
+        let first = SqliteStore::open(&path).await.unwrap();
+        let mut tx = first.begin().await.unwrap();
+        let record = Record::Customer(customer("erp", "customers", "1", &[]));
+        assert_eq!(
+            tx.upsert_record(&record, 1).await.unwrap(),
+            Upsert::Inserted
+        );
+        tx.commit().await.unwrap();
+        first.pool().close().await;
+
+        let second = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(count(&second, "_sqlx_migrations").await, 1);
+        assert_eq!(count(&second, "records").await, 1);
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(second.pool())
+            .await
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(second.pool())
+            .await
+            .unwrap();
+        assert_eq!(foreign_keys, 1);
+    }
+
+    #[tokio::test]
+    async fn upsert_reports_inserted_unchanged_updated_and_tracks_runs() {
+        let (_dir, store) = temp_store().await;
+        let mut first = order("erp", "SO-1", Some("C-7"));
+        let mut tx = store.begin().await.unwrap();
+        let inserted = tx
+            .upsert_record(&Record::Order(first.clone()), 1)
+            .await
+            .unwrap();
+        let unchanged = tx
+            .upsert_record(&Record::Order(first.clone()), 2)
+            .await
+            .unwrap();
+        first.total = Some(Decimal::new(2000, 2));
+        first.customer_id = Some("C-8".to_string());
+        let updated = tx
+            .upsert_record(&Record::Order(first.clone()), 3)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            (inserted, unchanged, updated),
+            (Upsert::Inserted, Upsert::Unchanged, Upsert::Updated)
+        );
+
+        let row: (String, String, Option<String>, i64, i64, String) = sqlx::query_as(
+            "SELECT entity, content_hash, customer_id, first_run, last_changed_run, body \
+             FROM records WHERE system = 'erp' AND stream = 'orders' AND source_id = 'SO-1'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        let record = Record::Order(first);
+        assert_eq!(row.0, "order");
+        assert_eq!(row.1, record.content_hash());
+        assert_eq!(row.2.as_deref(), Some("C-8"));
+        assert_eq!((row.3, row.4), (1, 3));
+        assert_eq!(serde_json::from_str::<Record>(&row.5).unwrap(), record);
+
+        let mut tx = store.begin().await.unwrap();
+        let customer = Record::Customer(customer("erp", "customers", "C-8", &[]));
+        assert_eq!(
+            tx.upsert_record(&customer, 4).await.unwrap(),
+            Upsert::Inserted
+        );
+        tx.commit().await.unwrap();
+        let customer_id: Option<String> = sqlx::query_scalar(
+            "SELECT customer_id FROM records WHERE entity = 'customer' AND source_id = 'C-8'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(customer_id, None);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_transaction_rolls_everything_back() {
+        let (_dir, store) = temp_store().await;
+        let profile_id = Uuid::from_u128(1);
+        {
+            let mut tx = store.begin().await.unwrap();
+            let record = Record::Customer(customer("erp", "customers", "1", &["a@b.c"]));
+            tx.upsert_record(&record, 1).await.unwrap();
+            tx.set_link(record.source(), profile_id).await.unwrap();
+            tx.write_profile(
+                &profile(profile_id, 1, "A"),
+                "h1",
+                "customer.profile.created",
+                "{}",
+            )
+            .await
+            .unwrap();
+            tx.mark_ingested(
+                "drop",
+                "customers",
+                &IngestedFile {
+                    path: "a.csv".to_string(),
+                    size: 3,
+                    hash: "abc".to_string(),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(count(&store, "records").await, 0);
+        assert_eq!(count(&store, "outbox").await, 0);
+        assert_eq!(store.profile(profile_id).await.unwrap(), None);
+        assert!(
+            store
+                .ingested_files("drop", "customers")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The connection went back to the pool usable: a new batch can write and commit.
+        let mut tx = store.begin().await.unwrap();
+        let record = Record::Customer(customer("erp", "customers", "1", &[]));
+        assert_eq!(
+            tx.upsert_record(&record, 2).await.unwrap(),
+            Upsert::Inserted
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(count(&store, "records").await, 1);
+    }
+
+    #[tokio::test]
+    async fn begin_takes_the_write_lock_immediately() {
+        let (dir, store) = temp_store().await;
+        let tx = store.begin().await.unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("conflux.db"))
+            .busy_timeout(Duration::ZERO);
+        let mut other = <SqliteConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .unwrap();
+        let locked = sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            locked.to_string(),
+            "error returned from database: (code: 5) database is locked"
+        );
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn ingested_files_are_idempotent_and_listed_per_stream() {
+        let (_dir, store) = temp_store().await;
+        let a = IngestedFile {
+            path: "in/b.csv".to_string(),
+            size: 10,
+            hash: "h-b".to_string(),
+        };
+        let b = IngestedFile {
+            path: "in/a.csv".to_string(),
+            size: 20,
+            hash: "h-a".to_string(),
+        };
+        let a_rewritten = IngestedFile {
+            hash: "h-b2".to_string(),
+            ..a.clone()
+        };
+        let mut tx = store.begin().await.unwrap();
+        tx.mark_ingested("drop", "customers", &a).await.unwrap();
+        tx.mark_ingested("drop", "customers", &a).await.unwrap();
+        tx.mark_ingested("drop", "customers", &b).await.unwrap();
+        tx.mark_ingested("drop", "customers", &a_rewritten)
+            .await
+            .unwrap();
+        tx.mark_ingested("drop", "orders", &a).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.mark_ingested("drop", "customers", &a).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(
+            store.ingested_files("drop", "customers").await.unwrap(),
+            vec![b, a.clone(), a_rewritten]
+        );
+        assert_eq!(
+            store.ingested_files("drop", "orders").await.unwrap(),
+            vec![a]
+        );
+        assert!(
+            store
+                .ingested_files("other", "orders")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn quarantine_rows_are_listed_newest_first() {
+        let (_dir, store) = temp_store().await;
+        let mut tx = store.begin().await.unwrap();
+        for n in 1..=3 {
+            let entry = QuarantineEntry {
+                connector: "drop".to_string(),
+                stream: "customers".to_string(),
+                source_ref: format!("in/c.csv:{n}"),
+                raw: format!("raw {n}"),
+                reason: format!("reason {n}"),
+            };
+            tx.quarantine(&entry, 7).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+
+        let rows = store.quarantine_rows(2).await.unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                QuarantineRow {
+                    id: 3,
+                    run_id: Some(7),
+                    connector: "drop".to_string(),
+                    stream: "customers".to_string(),
+                    source_ref: "in/c.csv:3".to_string(),
+                    raw: "raw 3".to_string(),
+                    reason: "reason 3".to_string(),
+                },
+                QuarantineRow {
+                    id: 2,
+                    run_id: Some(7),
+                    connector: "drop".to_string(),
+                    stream: "customers".to_string(),
+                    source_ref: "in/c.csv:2".to_string(),
+                    raw: "raw 2".to_string(),
+                    reason: "reason 2".to_string(),
+                },
+            ]
+        );
+        assert_eq!(store.quarantine_rows(10).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn match_keys_are_replaced_and_looked_up_with_links() {
+        let (_dir, store) = temp_store().await;
+        let one = source("erp", "customers", "1");
+        let two = source("crm", "contacts", "2");
+        let three = source("erp", "customers", "3");
+        let profile_id = Uuid::from_u128(42);
+        let mut tx = store.begin().await.unwrap();
+        tx.set_match_keys(&one, &["email:a@b.c".to_string(), "phone:+491".to_string()])
+            .await
+            .unwrap();
+        tx.set_match_keys(
+            &two,
+            &["email:a@b.c".to_string(), "email:a@b.c".to_string()],
+        )
+        .await
+        .unwrap();
+        tx.set_match_keys(&three, &["email:x@y.z".to_string()])
+            .await
+            .unwrap();
+        tx.set_link(&two, profile_id).await.unwrap();
+        assert_eq!(
+            tx.match_keys(&one).await.unwrap(),
+            vec!["email:a@b.c".to_string(), "phone:+491".to_string()]
+        );
+        assert_eq!(
+            tx.match_keys(&two).await.unwrap(),
+            vec!["email:a@b.c".to_string()]
+        );
+
+        let found = tx
+            .records_with_keys(&["email:a@b.c".to_string(), "phone:+491".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(
+            found,
+            vec![(two.clone(), Some(profile_id)), (one.clone(), None)]
+        );
+
+        tx.set_match_keys(&one, &["phone:+492".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(
+            tx.match_keys(&one).await.unwrap(),
+            vec!["phone:+492".to_string()]
+        );
+        assert_eq!(
+            tx.records_with_keys(&["phone:+491".to_string()])
+                .await
+                .unwrap(),
+            Vec::new()
+        );
+        tx.set_match_keys(&three, &[]).await.unwrap();
+        assert!(tx.match_keys(&three).await.unwrap().is_empty());
+        assert!(tx.records_with_keys(&[]).await.unwrap().is_empty());
+
+        // More keys than SQLite accepts bound variables (32766) in one statement.
+        let mut many: Vec<String> = (0..40_000).map(|n| format!("email:{n}@x.y")).collect();
+        many.push("phone:+492".to_string());
+        assert_eq!(
+            tx.records_with_keys(&many).await.unwrap(),
+            vec![(one.clone(), None)]
+        );
+        tx.set_match_keys(&three, &many).await.unwrap();
+        assert_eq!(tx.match_keys(&three).await.unwrap().len(), 40_001);
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn links_resolve_customers_and_profiles_of_customer_ids() {
+        let (_dir, store) = temp_store().await;
+        let p1 = Uuid::from_u128(1);
+        let p2 = Uuid::from_u128(2);
+        let erp = customer("erp", "customers", "0010034884", &["a@b.c"]);
+        let erp_other_stream = customer("erp", "contacts", "0010034884", &[]);
+        let crm = customer("crm", "contacts", "c-1", &[]);
+        let order_same_id = order("erp", "0010034884", None);
+        let mut tx = store.begin().await.unwrap();
+        for record in [
+            Record::Customer(erp.clone()),
+            Record::Customer(erp_other_stream.clone()),
+            Record::Customer(crm.clone()),
+            Record::Order(order_same_id.clone()),
+        ] {
+            tx.upsert_record(&record, 1).await.unwrap();
+        }
+        tx.set_link(&erp.source, p1).await.unwrap();
+        tx.set_link(&crm.source, p1).await.unwrap();
+        tx.set_link(&erp_other_stream.source, p1).await.unwrap();
+        // Relinking replaces the earlier link.
+        tx.set_link(&erp_other_stream.source, p2).await.unwrap();
+        // A link on a non-customer record never counts as a customer of the profile.
+        tx.set_link(&order_same_id.source, p1).await.unwrap();
+
+        assert_eq!(
+            tx.link_of(&erp_other_stream.source).await.unwrap(),
+            Some(p2)
+        );
+        assert_eq!(
+            tx.link_of(&source("erp", "customers", "missing"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(tx.customers_of(p1).await.unwrap(), vec![crm, erp]);
+        assert_eq!(tx.customers_of(p2).await.unwrap(), vec![erp_other_stream]);
+        assert!(
+            tx.customers_of(Uuid::from_u128(3))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            tx.profiles_of_customer_id("erp", "0010034884")
+                .await
+                .unwrap(),
+            vec![p1, p2]
+        );
+        assert_eq!(
+            tx.profiles_of_customer_id("crm", "c-1").await.unwrap(),
+            vec![p1]
+        );
+        assert!(
+            tx.profiles_of_customer_id("crm", "0010034884")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn orders_of_customer_match_system_and_customer_id() {
+        let (_dir, store) = temp_store().await;
+        let a1 = order("erp", "SO-1", Some("C-1"));
+        let a2 = order("erp", "SO-2", Some("C-1"));
+        let other_customer = order("erp", "SO-3", Some("C-2"));
+        let other_system = order("shop", "SO-4", Some("C-1"));
+        let no_customer = order("erp", "SO-5", None);
+        let mut tx = store.begin().await.unwrap();
+        for o in [&a2, &a1, &other_customer, &other_system, &no_customer] {
+            tx.upsert_record(&Record::Order(o.clone()), 1)
+                .await
+                .unwrap();
+        }
+        tx.upsert_record(
+            &Record::Customer(customer("erp", "customers", "C-1", &[])),
+            1,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            tx.orders_of_customer("erp", "C-1").await.unwrap(),
+            vec![a1, a2]
+        );
+        assert_eq!(
+            tx.orders_of_customer("shop", "C-1").await.unwrap(),
+            vec![other_system]
+        );
+        assert!(
+            tx.orders_of_customer("erp", "C-9")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn profiles_are_versioned_followed_through_retirement_and_fed_to_the_outbox() {
+        let (_dir, store) = temp_store().await;
+        let survivor = Uuid::from_u128(10);
+        let retired = Uuid::from_u128(11);
+        let v1 = profile(survivor, 1, "Müller GmbH");
+        let v2 = profile(survivor, 2, "Müller AG");
+        let r1 = profile(retired, 1, "Mueller");
+
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(tx.latest_profile(survivor).await.unwrap(), None);
+        tx.write_profile(&v1, "hash-1", "customer.profile.created", "{\"n\":1}")
+            .await
+            .unwrap();
+        tx.write_profile(&r1, "hash-r", "customer.profile.created", "{\"n\":2}")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(
+            tx.latest_profile(survivor).await.unwrap(),
+            Some((1, "hash-1".to_string()))
+        );
+        tx.write_profile(&v2, "hash-2", "customer.profile.merged", "{\"n\":3}")
+            .await
+            .unwrap();
+        tx.retire_profile(retired, survivor).await.unwrap();
+        assert_eq!(
+            tx.latest_profile(survivor).await.unwrap(),
+            Some((2, "hash-2".to_string()))
+        );
+        tx.commit().await.unwrap();
+
+        assert_eq!(store.profile(survivor).await.unwrap(), Some(v2.clone()));
+        assert_eq!(store.profile(retired).await.unwrap(), Some(v2.clone()));
+        assert_eq!(store.profile(Uuid::from_u128(99)).await.unwrap(), None);
+        let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM profile_versions")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(versions, 3);
+
+        // A profile retired before any version of it was stored, two merges deep.
+        let mut tx = store.begin().await.unwrap();
+        let unseen = Uuid::from_u128(12);
+        tx.retire_profile(unseen, retired).await.unwrap();
+        assert_eq!(tx.latest_profile(unseen).await.unwrap(), None);
+        tx.commit().await.unwrap();
+        assert_eq!(store.profile(unseen).await.unwrap(), Some(v2));
+
+        assert_eq!(store.pending_count().await.unwrap(), 3);
+        let pending = store.pending_events(2).await.unwrap();
+        assert_eq!(
+            pending,
+            vec![
+                OutboxEvent {
+                    seq: 1,
+                    event_id: format!("{survivor}:1"),
+                    event_type: "customer.profile.created".to_string(),
+                    body: "{\"n\":1}".to_string(),
+                },
+                OutboxEvent {
+                    seq: 2,
+                    event_id: format!("{retired}:1"),
+                    event_type: "customer.profile.created".to_string(),
+                    body: "{\"n\":2}".to_string(),
+                },
+            ]
+        );
+        store.mark_delivered(&[1, 2]).await.unwrap();
+        assert_eq!(store.pending_count().await.unwrap(), 1);
+        let rest = store.pending_events(10).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].seq, 3);
+        assert_eq!(rest[0].event_id, format!("{survivor}:2"));
+        assert_eq!(rest[0].event_type, "customer.profile.merged");
+        store.mark_delivered(&[]).await.unwrap();
+        store.mark_delivered(&[3]).await.unwrap();
+        assert_eq!(store.pending_count().await.unwrap(), 0);
+        assert!(store.pending_events(10).await.unwrap().is_empty());
+        let delivered: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(delivered, 3);
+    }
+
+    #[tokio::test]
+    async fn writing_the_same_profile_version_twice_fails_and_keeps_the_first() {
+        let (_dir, store) = temp_store().await;
+        let id = Uuid::from_u128(5);
+        let mut tx = store.begin().await.unwrap();
+        tx.write_profile(&profile(id, 1, "A"), "h", "customer.profile.created", "{}")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let error = tx
+            .write_profile(&profile(id, 1, "B"), "h2", "customer.profile.updated", "{}")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "store: error returned from database: (code: 1555) UNIQUE constraint failed: \
+             profile_versions.profile_id, profile_versions.version"
+        );
+        drop(tx);
+        assert_eq!(store.profile(id).await.unwrap(), Some(profile(id, 1, "A")));
+        assert_eq!(store.pending_count().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn retirement_cycles_and_self_retirement_are_reported() {
+        let (_dir, store) = temp_store().await;
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        let mut tx = store.begin().await.unwrap();
+        let error = tx.retire_profile(a, a).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("store: cannot retire profile {a} into itself")
+        );
+        tx.retire_profile(a, b).await.unwrap();
+        tx.retire_profile(b, a).await.unwrap();
+        tx.commit().await.unwrap();
+        let error = store.profile(a).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("store: profile {a} is retired in a cycle through {a}")
+        );
+    }
+
+    #[tokio::test]
+    async fn profiles_by_email_compares_case_insensitively_over_linked_customers() {
+        let (_dir, store) = temp_store().await;
+        let p1 = Uuid::from_u128(1);
+        let p2 = Uuid::from_u128(2);
+        let one = customer(
+            "erp",
+            "customers",
+            "1",
+            &["info@mueller.de", "sales@mueller.de"],
+        );
+        let two = customer("crm", "contacts", "2", &["Info@Mueller.DE"]);
+        let unlinked = customer("crm", "contacts", "3", &["info@mueller.de"]);
+        let mut tx = store.begin().await.unwrap();
+        for c in [&one, &two, &unlinked] {
+            tx.upsert_record(&Record::Customer(c.clone()), 1)
+                .await
+                .unwrap();
+        }
+        tx.set_link(&one.source, p2).await.unwrap();
+        tx.set_link(&two.source, p1).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(
+            store.profiles_by_email("INFO@mueller.de").await.unwrap(),
+            vec![p1, p2]
+        );
+        assert_eq!(
+            store.profiles_by_email("sales@mueller.de").await.unwrap(),
+            vec![p2]
+        );
+        assert!(
+            store
+                .profiles_by_email("mueller.de")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// id, job, started_at, finished_at, status, summary.
+    type JobRunRow = (i64, String, String, Option<String>, String, Option<String>);
+
+    #[tokio::test]
+    async fn job_runs_record_start_and_outcome() {
+        let (_dir, store) = temp_store().await;
+        let first = store.start_run("nightly").await.unwrap();
+        let second = store.start_run("hourly").await.unwrap();
+        assert_eq!((first, second), (1, 2));
+        store
+            .finish_run(first, "succeeded", "{\"records\":3}")
+            .await
+            .unwrap();
+
+        let rows: Vec<JobRunRow> = sqlx::query_as(
+            "SELECT id, job, started_at, finished_at, status, summary FROM job_runs \
+                 ORDER BY id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        let (id, job, started_at, finished_at, status, summary) = &rows[0];
+        assert_eq!(
+            (*id, job.as_str(), status.as_str()),
+            (1, "nightly", "succeeded")
+        );
+        assert_eq!(summary.as_deref(), Some("{\"records\":3}"));
+        let started: Timestamp = started_at.parse().unwrap();
+        let finished: Timestamp = finished_at.as_deref().unwrap().parse().unwrap();
+        assert!(started <= finished);
+        let (_, job, _, finished_at, status, summary) = &rows[1];
+        assert_eq!((job.as_str(), status.as_str()), ("hourly", "running"));
+        assert_eq!((finished_at, summary), (&None, &None));
+
+        let error = store.finish_run(99, "failed", "{}").await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "store: cannot finish job run 99: no such run"
+        );
     }
 }
