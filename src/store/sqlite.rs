@@ -633,12 +633,15 @@ impl StoreTx for SqliteTx {
             StoreError::Corrupt(format!("cannot encode profile {profile_id}: {error}"))
         })?;
         let created_at = now();
-        // The profiles row goes first: profile_versions references it.
-        sqlx::query(
+        // The profiles row goes first: profile_versions references it. Versions only move
+        // forward, so a stale rebuild can never become the latest version.
+        let advanced = sqlx::query(
             "INSERT INTO profiles (profile_id, created_at, latest_version, latest_hash) \
              VALUES ($1, $2, $3, $4) \
              ON CONFLICT (profile_id) DO UPDATE \
-             SET latest_version = excluded.latest_version, latest_hash = excluded.latest_hash",
+             SET latest_version = excluded.latest_version, latest_hash = excluded.latest_hash \
+             WHERE profiles.latest_version IS NULL \
+                OR profiles.latest_version < excluded.latest_version",
         )
         .bind(&profile_id)
         .bind(&created_at)
@@ -646,6 +649,12 @@ impl StoreTx for SqliteTx {
         .bind(content_hash)
         .execute(&mut *self.tx)
         .await?;
+        if advanced.rows_affected() == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "profile {profile_id}: version {} is not newer than the stored latest version",
+                profile.version
+            )));
+        }
         sqlx::query(
             "INSERT INTO profile_versions (profile_id, version, content_hash, body, created_at) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -783,6 +792,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(foreign_keys, 1);
+    }
+
+    #[tokio::test]
+    async fn open_reports_a_parent_directory_it_cannot_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, "a file, not a directory").unwrap();
+        let error = SqliteStore::open(&blocker.join("state/conflux.db"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "store: error communicating with database: cannot create directory {}: \
+                 Not a directory (os error 20)",
+                blocker.join("state").display()
+            )
+        );
     }
 
     #[tokio::test]
@@ -1259,27 +1286,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writing_the_same_profile_version_twice_fails_and_keeps_the_first() {
+    async fn writing_a_profile_version_that_is_not_newer_fails_and_keeps_the_latest() {
         let (_dir, store) = temp_store().await;
         let id = Uuid::from_u128(5);
         let mut tx = store.begin().await.unwrap();
-        tx.write_profile(&profile(id, 1, "A"), "h", "customer.profile.created", "{}")
+        tx.write_profile(&profile(id, 1, "A"), "h1", "customer.profile.created", "{}")
+            .await
+            .unwrap();
+        tx.write_profile(&profile(id, 2, "B"), "h2", "customer.profile.updated", "{}")
             .await
             .unwrap();
         tx.commit().await.unwrap();
-        let mut tx = store.begin().await.unwrap();
-        let error = tx
-            .write_profile(&profile(id, 1, "B"), "h2", "customer.profile.updated", "{}")
-            .await
-            .unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "store: error returned from database: (code: 1555) UNIQUE constraint failed: \
-             profile_versions.profile_id, profile_versions.version"
-        );
-        drop(tx);
-        assert_eq!(store.profile(id).await.unwrap(), Some(profile(id, 1, "A")));
-        assert_eq!(store.pending_count().await.unwrap(), 1);
+        for stale in [2, 1] {
+            let mut tx = store.begin().await.unwrap();
+            let error = tx
+                .write_profile(
+                    &profile(id, stale, "C"),
+                    "h3",
+                    "customer.profile.updated",
+                    "{}",
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "store: profile {id}: version {stale} is not newer than the stored latest \
+                     version"
+                )
+            );
+            assert_eq!(
+                tx.latest_profile(id).await.unwrap(),
+                Some((2, "h2".to_string()))
+            );
+        }
+        assert_eq!(store.profile(id).await.unwrap(), Some(profile(id, 2, "B")));
+        assert_eq!(store.pending_count().await.unwrap(), 2);
     }
 
     #[tokio::test]
