@@ -269,8 +269,9 @@ impl Store for SqliteStore {
     }
 
     async fn profiles_by_email(&self, email: &str) -> Result<Vec<Uuid>, StoreError> {
-        // SQLite's lower() folds ASCII only; stored addresses are normalised by the mapper's
-        // `email` transform, so the ASCII fold covers what differs between spellings.
+        // SQLite's lower() folds ASCII letters only: addresses differing solely in the case
+        // of non-ASCII letters do not match. Both sides are folded the same way, so the
+        // lookup is at least symmetric.
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT l.profile_id FROM records r \
              JOIN links l ON l.system = r.system AND l.stream = r.stream \
