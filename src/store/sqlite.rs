@@ -1,1 +1,1430 @@
-//! stub
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! [`SqliteStore`] owns a connection pool and implements [`Store`]; [`SqliteTx`] is one
+//! `BEGIN IMMEDIATE` transaction implementing [`StoreTx`]. Taking the write lock at `BEGIN`
+//! means a batch never fails half-way on a read-to-write lock upgrade: it waits (up to the
+//! 5 s busy timeout) before doing anything, or not at all. Dropping a [`SqliteTx`] without
+//! [`StoreTx::commit`] rolls it back.
+//!
+//! Invariants: the schema comes only from the numbered migrations in `migrations/sqlite`
+//! (run on every [`SqliteStore::open`], a no-op once applied); SQL text is always a literal
+//! and every value is a bound parameter. Lists of any length (match keys, outbox seqs) are
+//! bound as one JSON array and expanded with `json_each`, so SQLite's bound-variable limit
+//! never applies and no SQL is assembled at run time. Records are stored as their serde
+//! JSON and uuids and times as TEXT (RFC 3339, UTC).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use super::{QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert};
+use crate::model::profile::CustomerProfile;
+use crate::model::{Customer, Order, Record, SourceRef};
+use crate::sink::OutboxEvent;
+use crate::source::IngestedFile;
+
+static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations/sqlite");
+
+/// How long a connection waits for another writer's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Readers run concurrently under WAL; writers queue on the database lock, so a handful of
+/// connections is plenty for one daemon.
+const MAX_CONNECTIONS: u32 = 4;
+
+/// The SQLite implementation of [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, with parent directories) the database file and runs the
+    /// migrations. WAL journal, busy_timeout 5 s, foreign keys on.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent).await.map_err(|error| {
+                sqlx::Error::Io(std::io::Error::new(
+                    error.kind(),
+                    format!("cannot create directory {}: {error}", parent.display()),
+                ))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The connection pool, for tests and ad-hoc counts.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// One open `BEGIN IMMEDIATE` transaction of a [`SqliteStore`].
+pub struct SqliteTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+impl std::fmt::Debug for SqliteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteTx").finish_non_exhaustive()
+    }
+}
+
+fn now() -> String {
+    Timestamp::now().to_string()
+}
+
+fn parse_uuid(text: &str, context: &str) -> Result<Uuid, StoreError> {
+    Uuid::from_str(text)
+        .map_err(|error| StoreError::Corrupt(format!("{context}: {text:?} is not a uuid: {error}")))
+}
+
+fn decode_record(body: &str, context: &str) -> Result<Record, StoreError> {
+    serde_json::from_str(body)
+        .map_err(|error| StoreError::Corrupt(format!("{context}: undecodable record: {error}")))
+}
+
+/// A JSON array of the given values, bound as one parameter and expanded with `json_each`.
+fn json_list<T: serde::Serialize>(values: &[T], what: &str) -> Result<String, StoreError> {
+    serde_json::to_string(values)
+        .map_err(|error| StoreError::Corrupt(format!("cannot encode {what}: {error}")))
+}
+
+fn source_ref((system, stream, source_id): (String, String, String)) -> SourceRef {
+    SourceRef {
+        system,
+        stream,
+        source_id,
+    }
+}
+
+/// Follows `retired_into` from `profile_id` to the profile that is still live, and returns
+/// its latest version. A retirement cycle can only come from a corrupted store; it is
+/// reported instead of looping.
+async fn live_profile(
+    conn: &mut SqliteConnection,
+    profile_id: Uuid,
+) -> Result<Option<CustomerProfile>, StoreError> {
+    let mut current = profile_id;
+    let mut seen = HashSet::from([current]);
+    loop {
+        let retired_into: Option<Option<String>> =
+            sqlx::query_scalar("SELECT retired_into FROM profiles WHERE profile_id = $1")
+                .bind(current.to_string())
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some(Some(next)) = retired_into else {
+            break;
+        };
+        let next = parse_uuid(&next, &format!("profile {current} retired_into"))?;
+        if !seen.insert(next) {
+            return Err(StoreError::Corrupt(format!(
+                "profile {profile_id} is retired in a cycle through {next}"
+            )));
+        }
+        current = next;
+    }
+    let body: Option<String> = sqlx::query_scalar(
+        "SELECT v.body FROM profiles p \
+         JOIN profile_versions v ON v.profile_id = p.profile_id AND v.version = p.latest_version \
+         WHERE p.profile_id = $1",
+    )
+    .bind(current.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    body.map(|body| {
+        serde_json::from_str(&body).map_err(|error| {
+            StoreError::Corrupt(format!("profile {current}: undecodable version: {error}"))
+        })
+    })
+    .transpose()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+
+    async fn ingested_files(
+        &self,
+        connector: &str,
+        stream: &str,
+    ) -> Result<Vec<IngestedFile>, StoreError> {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT path, size, hash FROM ingested_files \
+             WHERE connector = $1 AND stream = $2 ORDER BY path, size, hash",
+        )
+        .bind(connector)
+        .bind(stream)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(path, size, hash)| {
+                let size = u64::try_from(size).map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "ingested file {connector}/{stream}/{path} has negative size {size}"
+                    ))
+                })?;
+                Ok(IngestedFile { path, size, hash })
+            })
+            .collect()
+    }
+
+    async fn start_run(&self, job: &str) -> Result<i64, StoreError> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO job_runs (job, started_at, status) VALUES ($1, $2, 'running') \
+             RETURNING id",
+        )
+        .bind(job)
+        .bind(now())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn finish_run(&self, run_id: i64, status: &str, summary: &str) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE job_runs SET finished_at = $1, status = $2, summary = $3 WHERE id = $4",
+        )
+        .bind(now())
+        .bind(status)
+        .bind(summary)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "cannot finish job run {run_id}: no such run"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT seq, event_id, event_type, body FROM outbox \
+             WHERE delivered_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, event_id, event_type, body)| OutboxEvent {
+                seq,
+                event_id,
+                event_type,
+                body,
+            })
+            .collect())
+    }
+
+    async fn mark_delivered(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        // A re-delivered row keeps the time of its first confirmed delivery.
+        sqlx::query(
+            "UPDATE outbox SET delivered_at = $1 \
+             WHERE delivered_at IS NULL AND seq IN (SELECT value FROM json_each($2))",
+        )
+        .bind(now())
+        .bind(json_list(seqs, "outbox seqs")?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn pending_count(&self) -> Result<i64, StoreError> {
+        let count = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count)
+    }
+
+    async fn profile(&self, profile_id: Uuid) -> Result<Option<CustomerProfile>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        live_profile(&mut conn, profile_id).await
+    }
+
+    async fn profiles_by_email(&self, email: &str) -> Result<Vec<Uuid>, StoreError> {
+        // SQLite's lower() folds ASCII letters only: addresses differing solely in the case
+        // of non-ASCII letters do not match. Both sides are folded the same way, so the
+        // lookup is at least symmetric.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT l.profile_id FROM records r \
+             JOIN links l ON l.system = r.system AND l.stream = r.stream \
+                         AND l.source_id = r.source_id \
+             JOIN json_each(r.body, '$.emails') e \
+             WHERE r.entity = 'customer' AND lower(e.value) = lower($1) \
+             ORDER BY l.profile_id",
+        )
+        .bind(email)
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter()
+            .map(|id| parse_uuid(id, "links.profile_id"))
+            .collect()
+    }
+
+    async fn quarantine_rows(&self, limit: i64) -> Result<Vec<QuarantineRow>, StoreError> {
+        let rows: Vec<(i64, Option<i64>, String, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, run_id, connector, stream, source_ref, raw, reason FROM quarantine \
+                 ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, run_id, connector, stream, source_ref, raw, reason)| QuarantineRow {
+                    id,
+                    run_id,
+                    connector,
+                    stream,
+                    source_ref,
+                    raw,
+                    reason,
+                },
+            )
+            .collect())
+    }
+}
+
+#[async_trait]
+impl StoreTx for SqliteTx {
+    async fn upsert_record(&mut self, record: &Record, run_id: i64) -> Result<Upsert, StoreError> {
+        let source = record.source();
+        let hash = record.content_hash();
+        let stored: Option<String> = sqlx::query_scalar(
+            "SELECT content_hash FROM records \
+             WHERE system = $1 AND stream = $2 AND source_id = $3",
+        )
+        .bind(&source.system)
+        .bind(&source.stream)
+        .bind(&source.source_id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        if stored.as_deref() == Some(hash.as_str()) {
+            return Ok(Upsert::Unchanged);
+        }
+        let body = serde_json::to_string(record).map_err(|error| {
+            StoreError::Corrupt(format!("cannot encode record {source}: {error}"))
+        })?;
+        let customer_id = match record {
+            Record::Order(order) => order.customer_id.as_deref(),
+            _ => None,
+        };
+        if stored.is_none() {
+            sqlx::query(
+                "INSERT INTO records (system, stream, source_id, entity, content_hash, body, \
+                 customer_id, first_run, last_changed_run, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+            )
+            .bind(&source.system)
+            .bind(&source.stream)
+            .bind(&source.source_id)
+            .bind(record.kind().as_str())
+            .bind(&hash)
+            .bind(&body)
+            .bind(customer_id)
+            .bind(run_id)
+            .bind(now())
+            .execute(&mut *self.tx)
+            .await?;
+            return Ok(Upsert::Inserted);
+        }
+        sqlx::query(
+            "UPDATE records SET entity = $1, content_hash = $2, body = $3, customer_id = $4, \
+             last_changed_run = $5, updated_at = $6 \
+             WHERE system = $7 AND stream = $8 AND source_id = $9",
+        )
+        .bind(record.kind().as_str())
+        .bind(&hash)
+        .bind(&body)
+        .bind(customer_id)
+        .bind(run_id)
+        .bind(now())
+        .bind(&source.system)
+        .bind(&source.stream)
+        .bind(&source.source_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(Upsert::Updated)
+    }
+
+    async fn quarantine(&mut self, entry: &QuarantineEntry, run_id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO quarantine (run_id, connector, stream, source_ref, raw, reason, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(run_id)
+        .bind(&entry.connector)
+        .bind(&entry.stream)
+        .bind(&entry.source_ref)
+        .bind(&entry.raw)
+        .bind(&entry.reason)
+        .bind(now())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_ingested(
+        &mut self,
+        connector: &str,
+        stream: &str,
+        file: &IngestedFile,
+    ) -> Result<(), StoreError> {
+        let size = i64::try_from(file.size).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "ingested file {connector}/{stream}/{}: size {} exceeds the store's range",
+                file.path, file.size
+            ))
+        })?;
+        sqlx::query(
+            "INSERT INTO ingested_files (connector, stream, path, size, hash, ingested_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (connector, stream, path, size, hash) DO NOTHING",
+        )
+        .bind(connector)
+        .bind(stream)
+        .bind(&file.path)
+        .bind(size)
+        .bind(&file.hash)
+        .bind(now())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_match_keys(
+        &mut self,
+        record: &SourceRef,
+        keys: &[String],
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM match_keys WHERE system = $1 AND stream = $2 AND source_id = $3")
+            .bind(&record.system)
+            .bind(&record.stream)
+            .bind(&record.source_id)
+            .execute(&mut *self.tx)
+            .await?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO match_keys (key, system, stream, source_id) \
+             SELECT DISTINCT value, $1, $2, $3 FROM json_each($4)",
+        )
+        .bind(&record.system)
+        .bind(&record.stream)
+        .bind(&record.source_id)
+        .bind(json_list(keys, "match keys")?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn records_with_keys(
+        &mut self,
+        keys: &[String],
+    ) -> Result<Vec<(SourceRef, Option<Uuid>)>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT DISTINCT m.system, m.stream, m.source_id, l.profile_id FROM match_keys m \
+             LEFT JOIN links l ON l.system = m.system AND l.stream = m.stream \
+                              AND l.source_id = m.source_id \
+             WHERE m.key IN (SELECT value FROM json_each($1)) \
+             ORDER BY m.system, m.stream, m.source_id",
+        )
+        .bind(json_list(keys, "match keys")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(system, stream, source_id, profile_id)| {
+                let record = source_ref((system, stream, source_id));
+                let profile_id = profile_id
+                    .map(|id| parse_uuid(&id, &format!("link of {record}")))
+                    .transpose()?;
+                Ok((record, profile_id))
+            })
+            .collect()
+    }
+
+    async fn match_keys(&mut self, record: &SourceRef) -> Result<Vec<String>, StoreError> {
+        let keys = sqlx::query_scalar(
+            "SELECT key FROM match_keys \
+             WHERE system = $1 AND stream = $2 AND source_id = $3 ORDER BY key",
+        )
+        .bind(&record.system)
+        .bind(&record.stream)
+        .bind(&record.source_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(keys)
+    }
+
+    async fn link_of(&mut self, record: &SourceRef) -> Result<Option<Uuid>, StoreError> {
+        let profile_id: Option<String> = sqlx::query_scalar(
+            "SELECT profile_id FROM links WHERE system = $1 AND stream = $2 AND source_id = $3",
+        )
+        .bind(&record.system)
+        .bind(&record.stream)
+        .bind(&record.source_id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        profile_id
+            .map(|id| parse_uuid(&id, &format!("link of {record}")))
+            .transpose()
+    }
+
+    async fn set_link(&mut self, record: &SourceRef, profile_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO links (system, stream, source_id, profile_id) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (system, stream, source_id) DO UPDATE SET profile_id = excluded.profile_id",
+        )
+        .bind(&record.system)
+        .bind(&record.stream)
+        .bind(&record.source_id)
+        .bind(profile_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn retire_profile(&mut self, retired: Uuid, survivor: Uuid) -> Result<(), StoreError> {
+        if retired == survivor {
+            return Err(StoreError::Corrupt(format!(
+                "cannot retire profile {retired} into itself"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO profiles (profile_id, created_at, retired_into) VALUES ($1, $2, $3) \
+             ON CONFLICT (profile_id) DO UPDATE SET retired_into = excluded.retired_into",
+        )
+        .bind(retired.to_string())
+        .bind(now())
+        .bind(survivor.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn customers_of(&mut self, profile_id: Uuid) -> Result<Vec<Customer>, StoreError> {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT r.system, r.stream, r.source_id, r.body FROM links l \
+             JOIN records r ON r.system = l.system AND r.stream = l.stream \
+                           AND r.source_id = l.source_id \
+             WHERE l.profile_id = $1 AND r.entity = 'customer' \
+             ORDER BY r.system, r.stream, r.source_id",
+        )
+        .bind(profile_id.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(system, stream, source_id, body)| {
+                let context = source_ref((system, stream, source_id)).to_string();
+                match decode_record(&body, &context)? {
+                    Record::Customer(customer) => Ok(customer),
+                    other => Err(StoreError::Corrupt(format!(
+                        "{context}: stored as a customer but holds a {} record",
+                        other.kind()
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    async fn orders_of_customer(
+        &mut self,
+        system: &str,
+        customer_id: &str,
+    ) -> Result<Vec<Order>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT stream, source_id, body FROM records \
+             WHERE entity = 'order' AND system = $1 AND customer_id = $2 \
+             ORDER BY stream, source_id",
+        )
+        .bind(system)
+        .bind(customer_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(stream, source_id, body)| {
+                let context = format!("{system}/{stream}/{source_id}");
+                match decode_record(&body, &context)? {
+                    Record::Order(order) => Ok(order),
+                    other => Err(StoreError::Corrupt(format!(
+                        "{context}: stored as an order but holds a {} record",
+                        other.kind()
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    async fn profiles_of_customer_id(
+        &mut self,
+        system: &str,
+        customer_id: &str,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT l.profile_id FROM records r \
+             JOIN links l ON l.system = r.system AND l.stream = r.stream \
+                         AND l.source_id = r.source_id \
+             WHERE r.entity = 'customer' AND r.system = $1 AND r.source_id = $2 \
+             ORDER BY l.profile_id",
+        )
+        .bind(system)
+        .bind(customer_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        ids.iter()
+            .map(|id| parse_uuid(id, "links.profile_id"))
+            .collect()
+    }
+
+    async fn latest_profile(
+        &mut self,
+        profile_id: Uuid,
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        let latest: Option<(i64, String)> = sqlx::query_as(
+            "SELECT latest_version, latest_hash FROM profiles \
+             WHERE profile_id = $1 AND latest_version IS NOT NULL",
+        )
+        .bind(profile_id.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(latest)
+    }
+
+    async fn write_profile(
+        &mut self,
+        profile: &CustomerProfile,
+        content_hash: &str,
+        event_type: &str,
+        event_body: &str,
+    ) -> Result<(), StoreError> {
+        let profile_id = profile.profile_id.to_string();
+        let body = serde_json::to_string(profile).map_err(|error| {
+            StoreError::Corrupt(format!("cannot encode profile {profile_id}: {error}"))
+        })?;
+        let created_at = now();
+        // The profiles row goes first: profile_versions references it. Versions only move
+        // forward, so a stale rebuild can never become the latest version.
+        let advanced = sqlx::query(
+            "INSERT INTO profiles (profile_id, created_at, latest_version, latest_hash) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (profile_id) DO UPDATE \
+             SET latest_version = excluded.latest_version, latest_hash = excluded.latest_hash \
+             WHERE profiles.latest_version IS NULL \
+                OR profiles.latest_version < excluded.latest_version",
+        )
+        .bind(&profile_id)
+        .bind(&created_at)
+        .bind(profile.version)
+        .bind(content_hash)
+        .execute(&mut *self.tx)
+        .await?;
+        if advanced.rows_affected() == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "profile {profile_id}: version {} is not newer than the stored latest version",
+                profile.version
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO profile_versions (profile_id, version, content_hash, body, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&profile_id)
+        .bind(profile.version)
+        .bind(content_hash)
+        .bind(&body)
+        .bind(&created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO outbox (event_id, event_type, body, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(format!("{profile_id}:{}", profile.version))
+        .bind(event_type)
+        .bind(event_body)
+        .bind(&created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal::Decimal;
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::model::profile::{GoldenRecord, Money, OrderMetrics, SCHEMA_VERSION};
+
+    async fn temp_store() -> (TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("conflux.db"))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn source(system: &str, stream: &str, source_id: &str) -> SourceRef {
+        SourceRef {
+            system: system.to_string(),
+            stream: stream.to_string(),
+            source_id: source_id.to_string(),
+        }
+    }
+
+    fn customer(system: &str, stream: &str, source_id: &str, emails: &[&str]) -> Customer {
+        Customer {
+            source: source(system, stream, source_id),
+            full_name: Some(format!("Customer {source_id}")),
+            emails: emails.iter().map(|e| e.to_string()).collect(),
+            ..Customer::default()
+        }
+    }
+
+    fn order(system: &str, source_id: &str, customer_id: Option<&str>) -> Order {
+        Order {
+            source: source(system, "orders", source_id),
+            order_number: source_id.to_string(),
+            customer_id: customer_id.map(str::to_string),
+            total: Some(Decimal::new(1050, 2)),
+            currency: Some("EUR".to_string()),
+            ..Order::default()
+        }
+    }
+
+    fn profile(profile_id: Uuid, version: i64, name: &str) -> CustomerProfile {
+        CustomerProfile {
+            schema_version: SCHEMA_VERSION.to_string(),
+            profile_id,
+            version,
+            merged_ids: Vec::new(),
+            golden: GoldenRecord {
+                full_name: Some(name.to_string()),
+                ..GoldenRecord::default()
+            },
+            metrics: OrderMetrics {
+                order_count: 0,
+                lifetime_value: Money {
+                    amount: Decimal::ZERO,
+                    currency: "EUR".to_string(),
+                },
+                average_order_value: None,
+                first_order_at: None,
+                last_order_at: None,
+            },
+            sources: Vec::new(),
+        }
+    }
+
+    async fn count(store: &SqliteStore, table: &'static str) -> i64 {
+        let sql = match table {
+            "records" => "SELECT COUNT(*) FROM records",
+            "outbox" => "SELECT COUNT(*) FROM outbox",
+            "_sqlx_migrations" => "SELECT COUNT(*) FROM _sqlx_migrations",
+            other => panic!("no count query for {other}"),
+        };
+        sqlx::query_scalar(sql)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn opening_twice_runs_migrations_once_and_creates_parent_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/nested/conflux.db");
+        let first = SqliteStore::open(&path).await.unwrap();
+        let mut tx = first.begin().await.unwrap();
+        let record = Record::Customer(customer("erp", "customers", "1", &[]));
+        assert_eq!(
+            tx.upsert_record(&record, 1).await.unwrap(),
+            Upsert::Inserted
+        );
+        tx.commit().await.unwrap();
+        first.pool().close().await;
+
+        let second = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(count(&second, "_sqlx_migrations").await, 1);
+        assert_eq!(count(&second, "records").await, 1);
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(second.pool())
+            .await
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(second.pool())
+            .await
+            .unwrap();
+        assert_eq!(foreign_keys, 1);
+    }
+
+    #[tokio::test]
+    async fn open_reports_a_parent_directory_it_cannot_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, "a file, not a directory").unwrap();
+        let error = SqliteStore::open(&blocker.join("state/conflux.db"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "store: error communicating with database: cannot create directory {}: \
+                 Not a directory (os error 20)",
+                blocker.join("state").display()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn upsert_reports_inserted_unchanged_updated_and_tracks_runs() {
+        let (_dir, store) = temp_store().await;
+        let mut first = order("erp", "SO-1", Some("C-7"));
+        let mut tx = store.begin().await.unwrap();
+        let inserted = tx
+            .upsert_record(&Record::Order(first.clone()), 1)
+            .await
+            .unwrap();
+        let unchanged = tx
+            .upsert_record(&Record::Order(first.clone()), 2)
+            .await
+            .unwrap();
+        first.total = Some(Decimal::new(2000, 2));
+        first.customer_id = Some("C-8".to_string());
+        let updated = tx
+            .upsert_record(&Record::Order(first.clone()), 3)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            (inserted, unchanged, updated),
+            (Upsert::Inserted, Upsert::Unchanged, Upsert::Updated)
+        );
+
+        let row: (String, String, Option<String>, i64, i64, String) = sqlx::query_as(
+            "SELECT entity, content_hash, customer_id, first_run, last_changed_run, body \
+             FROM records WHERE system = 'erp' AND stream = 'orders' AND source_id = 'SO-1'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        let record = Record::Order(first);
+        assert_eq!(row.0, "order");
+        assert_eq!(row.1, record.content_hash());
+        assert_eq!(row.2.as_deref(), Some("C-8"));
+        assert_eq!((row.3, row.4), (1, 3));
+        assert_eq!(serde_json::from_str::<Record>(&row.5).unwrap(), record);
+
+        let mut tx = store.begin().await.unwrap();
+        let customer = Record::Customer(customer("erp", "customers", "C-8", &[]));
+        assert_eq!(
+            tx.upsert_record(&customer, 4).await.unwrap(),
+            Upsert::Inserted
+        );
+        tx.commit().await.unwrap();
+        let customer_id: Option<String> = sqlx::query_scalar(
+            "SELECT customer_id FROM records WHERE entity = 'customer' AND source_id = 'C-8'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(customer_id, None);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_transaction_rolls_everything_back() {
+        let (_dir, store) = temp_store().await;
+        let profile_id = Uuid::from_u128(1);
+        {
+            let mut tx = store.begin().await.unwrap();
+            let record = Record::Customer(customer("erp", "customers", "1", &["a@b.c"]));
+            tx.upsert_record(&record, 1).await.unwrap();
+            tx.set_link(record.source(), profile_id).await.unwrap();
+            tx.write_profile(
+                &profile(profile_id, 1, "A"),
+                "h1",
+                "customer.profile.created",
+                "{}",
+            )
+            .await
+            .unwrap();
+            tx.mark_ingested(
+                "drop",
+                "customers",
+                &IngestedFile {
+                    path: "a.csv".to_string(),
+                    size: 3,
+                    hash: "abc".to_string(),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(count(&store, "records").await, 0);
+        assert_eq!(count(&store, "outbox").await, 0);
+        assert_eq!(store.profile(profile_id).await.unwrap(), None);
+        assert!(
+            store
+                .ingested_files("drop", "customers")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The connection went back to the pool usable: a new batch can write and commit.
+        let mut tx = store.begin().await.unwrap();
+        let record = Record::Customer(customer("erp", "customers", "1", &[]));
+        assert_eq!(
+            tx.upsert_record(&record, 2).await.unwrap(),
+            Upsert::Inserted
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(count(&store, "records").await, 1);
+    }
+
+    #[tokio::test]
+    async fn begin_takes_the_write_lock_immediately() {
+        let (dir, store) = temp_store().await;
+        let tx = store.begin().await.unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("conflux.db"))
+            .busy_timeout(Duration::ZERO);
+        let mut other = <SqliteConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .unwrap();
+        let locked = sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            locked.to_string(),
+            "error returned from database: (code: 5) database is locked"
+        );
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn ingested_files_are_idempotent_and_listed_per_stream() {
+        let (_dir, store) = temp_store().await;
+        let a = IngestedFile {
+            path: "in/b.csv".to_string(),
+            size: 10,
+            hash: "h-b".to_string(),
+        };
+        let b = IngestedFile {
+            path: "in/a.csv".to_string(),
+            size: 20,
+            hash: "h-a".to_string(),
+        };
+        let a_rewritten = IngestedFile {
+            hash: "h-b2".to_string(),
+            ..a.clone()
+        };
+        let mut tx = store.begin().await.unwrap();
+        tx.mark_ingested("drop", "customers", &a).await.unwrap();
+        tx.mark_ingested("drop", "customers", &a).await.unwrap();
+        tx.mark_ingested("drop", "customers", &b).await.unwrap();
+        tx.mark_ingested("drop", "customers", &a_rewritten)
+            .await
+            .unwrap();
+        tx.mark_ingested("drop", "orders", &a).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.mark_ingested("drop", "customers", &a).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(
+            store.ingested_files("drop", "customers").await.unwrap(),
+            vec![b, a.clone(), a_rewritten]
+        );
+        assert_eq!(
+            store.ingested_files("drop", "orders").await.unwrap(),
+            vec![a]
+        );
+        assert!(
+            store
+                .ingested_files("other", "orders")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn quarantine_rows_are_listed_newest_first() {
+        let (_dir, store) = temp_store().await;
+        let mut tx = store.begin().await.unwrap();
+        for n in 1..=3 {
+            let entry = QuarantineEntry {
+                connector: "drop".to_string(),
+                stream: "customers".to_string(),
+                source_ref: format!("in/c.csv:{n}"),
+                raw: format!("raw {n}"),
+                reason: format!("reason {n}"),
+            };
+            tx.quarantine(&entry, 7).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+
+        let rows = store.quarantine_rows(2).await.unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                QuarantineRow {
+                    id: 3,
+                    run_id: Some(7),
+                    connector: "drop".to_string(),
+                    stream: "customers".to_string(),
+                    source_ref: "in/c.csv:3".to_string(),
+                    raw: "raw 3".to_string(),
+                    reason: "reason 3".to_string(),
+                },
+                QuarantineRow {
+                    id: 2,
+                    run_id: Some(7),
+                    connector: "drop".to_string(),
+                    stream: "customers".to_string(),
+                    source_ref: "in/c.csv:2".to_string(),
+                    raw: "raw 2".to_string(),
+                    reason: "reason 2".to_string(),
+                },
+            ]
+        );
+        assert_eq!(store.quarantine_rows(10).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn match_keys_are_replaced_and_looked_up_with_links() {
+        let (_dir, store) = temp_store().await;
+        let one = source("erp", "customers", "1");
+        let two = source("crm", "contacts", "2");
+        let three = source("erp", "customers", "3");
+        let profile_id = Uuid::from_u128(42);
+        let mut tx = store.begin().await.unwrap();
+        tx.set_match_keys(&one, &["email:a@b.c".to_string(), "phone:+491".to_string()])
+            .await
+            .unwrap();
+        tx.set_match_keys(
+            &two,
+            &["email:a@b.c".to_string(), "email:a@b.c".to_string()],
+        )
+        .await
+        .unwrap();
+        tx.set_match_keys(&three, &["email:x@y.z".to_string()])
+            .await
+            .unwrap();
+        tx.set_link(&two, profile_id).await.unwrap();
+        assert_eq!(
+            tx.match_keys(&one).await.unwrap(),
+            vec!["email:a@b.c".to_string(), "phone:+491".to_string()]
+        );
+        assert_eq!(
+            tx.match_keys(&two).await.unwrap(),
+            vec!["email:a@b.c".to_string()]
+        );
+
+        let found = tx
+            .records_with_keys(&["email:a@b.c".to_string(), "phone:+491".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(
+            found,
+            vec![(two.clone(), Some(profile_id)), (one.clone(), None)]
+        );
+
+        tx.set_match_keys(&one, &["phone:+492".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(
+            tx.match_keys(&one).await.unwrap(),
+            vec!["phone:+492".to_string()]
+        );
+        assert_eq!(
+            tx.records_with_keys(&["phone:+491".to_string()])
+                .await
+                .unwrap(),
+            Vec::new()
+        );
+        tx.set_match_keys(&three, &[]).await.unwrap();
+        assert!(tx.match_keys(&three).await.unwrap().is_empty());
+        assert!(tx.records_with_keys(&[]).await.unwrap().is_empty());
+
+        // More keys than SQLite accepts bound variables (32766) in one statement.
+        let mut many: Vec<String> = (0..40_000).map(|n| format!("email:{n}@x.y")).collect();
+        many.push("phone:+492".to_string());
+        assert_eq!(
+            tx.records_with_keys(&many).await.unwrap(),
+            vec![(one.clone(), None)]
+        );
+        tx.set_match_keys(&three, &many).await.unwrap();
+        assert_eq!(tx.match_keys(&three).await.unwrap().len(), 40_001);
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn links_resolve_customers_and_profiles_of_customer_ids() {
+        let (_dir, store) = temp_store().await;
+        let p1 = Uuid::from_u128(1);
+        let p2 = Uuid::from_u128(2);
+        let erp = customer("erp", "customers", "0010034884", &["a@b.c"]);
+        let erp_other_stream = customer("erp", "contacts", "0010034884", &[]);
+        let crm = customer("crm", "contacts", "c-1", &[]);
+        let order_same_id = order("erp", "0010034884", None);
+        let mut tx = store.begin().await.unwrap();
+        for record in [
+            Record::Customer(erp.clone()),
+            Record::Customer(erp_other_stream.clone()),
+            Record::Customer(crm.clone()),
+            Record::Order(order_same_id.clone()),
+        ] {
+            tx.upsert_record(&record, 1).await.unwrap();
+        }
+        tx.set_link(&erp.source, p1).await.unwrap();
+        tx.set_link(&crm.source, p1).await.unwrap();
+        tx.set_link(&erp_other_stream.source, p1).await.unwrap();
+        // Relinking replaces the earlier link.
+        tx.set_link(&erp_other_stream.source, p2).await.unwrap();
+        // A link on a non-customer record never counts as a customer of the profile.
+        tx.set_link(&order_same_id.source, p1).await.unwrap();
+
+        assert_eq!(
+            tx.link_of(&erp_other_stream.source).await.unwrap(),
+            Some(p2)
+        );
+        assert_eq!(
+            tx.link_of(&source("erp", "customers", "missing"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(tx.customers_of(p1).await.unwrap(), vec![crm, erp]);
+        assert_eq!(tx.customers_of(p2).await.unwrap(), vec![erp_other_stream]);
+        assert!(
+            tx.customers_of(Uuid::from_u128(3))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            tx.profiles_of_customer_id("erp", "0010034884")
+                .await
+                .unwrap(),
+            vec![p1, p2]
+        );
+        assert_eq!(
+            tx.profiles_of_customer_id("crm", "c-1").await.unwrap(),
+            vec![p1]
+        );
+        assert!(
+            tx.profiles_of_customer_id("crm", "0010034884")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn orders_of_customer_match_system_and_customer_id() {
+        let (_dir, store) = temp_store().await;
+        let a1 = order("erp", "SO-1", Some("C-1"));
+        let a2 = order("erp", "SO-2", Some("C-1"));
+        let other_customer = order("erp", "SO-3", Some("C-2"));
+        let other_system = order("shop", "SO-4", Some("C-1"));
+        let no_customer = order("erp", "SO-5", None);
+        let mut tx = store.begin().await.unwrap();
+        for o in [&a2, &a1, &other_customer, &other_system, &no_customer] {
+            tx.upsert_record(&Record::Order(o.clone()), 1)
+                .await
+                .unwrap();
+        }
+        tx.upsert_record(
+            &Record::Customer(customer("erp", "customers", "C-1", &[])),
+            1,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            tx.orders_of_customer("erp", "C-1").await.unwrap(),
+            vec![a1, a2]
+        );
+        assert_eq!(
+            tx.orders_of_customer("shop", "C-1").await.unwrap(),
+            vec![other_system]
+        );
+        assert!(
+            tx.orders_of_customer("erp", "C-9")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn profiles_are_versioned_followed_through_retirement_and_fed_to_the_outbox() {
+        let (_dir, store) = temp_store().await;
+        let survivor = Uuid::from_u128(10);
+        let retired = Uuid::from_u128(11);
+        let v1 = profile(survivor, 1, "Müller GmbH");
+        let v2 = profile(survivor, 2, "Müller AG");
+        let r1 = profile(retired, 1, "Mueller");
+
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(tx.latest_profile(survivor).await.unwrap(), None);
+        tx.write_profile(&v1, "hash-1", "customer.profile.created", "{\"n\":1}")
+            .await
+            .unwrap();
+        tx.write_profile(&r1, "hash-r", "customer.profile.created", "{\"n\":2}")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(
+            tx.latest_profile(survivor).await.unwrap(),
+            Some((1, "hash-1".to_string()))
+        );
+        tx.write_profile(&v2, "hash-2", "customer.profile.merged", "{\"n\":3}")
+            .await
+            .unwrap();
+        tx.retire_profile(retired, survivor).await.unwrap();
+        assert_eq!(
+            tx.latest_profile(survivor).await.unwrap(),
+            Some((2, "hash-2".to_string()))
+        );
+        tx.commit().await.unwrap();
+
+        assert_eq!(store.profile(survivor).await.unwrap(), Some(v2.clone()));
+        assert_eq!(store.profile(retired).await.unwrap(), Some(v2.clone()));
+        assert_eq!(store.profile(Uuid::from_u128(99)).await.unwrap(), None);
+        let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM profile_versions")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(versions, 3);
+
+        // A profile retired before any version of it was stored, two merges deep.
+        let mut tx = store.begin().await.unwrap();
+        let unseen = Uuid::from_u128(12);
+        tx.retire_profile(unseen, retired).await.unwrap();
+        assert_eq!(tx.latest_profile(unseen).await.unwrap(), None);
+        tx.commit().await.unwrap();
+        assert_eq!(store.profile(unseen).await.unwrap(), Some(v2));
+
+        assert_eq!(store.pending_count().await.unwrap(), 3);
+        let pending = store.pending_events(2).await.unwrap();
+        assert_eq!(
+            pending,
+            vec![
+                OutboxEvent {
+                    seq: 1,
+                    event_id: format!("{survivor}:1"),
+                    event_type: "customer.profile.created".to_string(),
+                    body: "{\"n\":1}".to_string(),
+                },
+                OutboxEvent {
+                    seq: 2,
+                    event_id: format!("{retired}:1"),
+                    event_type: "customer.profile.created".to_string(),
+                    body: "{\"n\":2}".to_string(),
+                },
+            ]
+        );
+        store.mark_delivered(&[1, 2]).await.unwrap();
+        assert_eq!(store.pending_count().await.unwrap(), 1);
+        let rest = store.pending_events(10).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].seq, 3);
+        assert_eq!(rest[0].event_id, format!("{survivor}:2"));
+        assert_eq!(rest[0].event_type, "customer.profile.merged");
+        store.mark_delivered(&[]).await.unwrap();
+        store.mark_delivered(&[3]).await.unwrap();
+        assert_eq!(store.pending_count().await.unwrap(), 0);
+        assert!(store.pending_events(10).await.unwrap().is_empty());
+        let delivered: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(delivered, 3);
+    }
+
+    #[tokio::test]
+    async fn writing_a_profile_version_that_is_not_newer_fails_and_keeps_the_latest() {
+        let (_dir, store) = temp_store().await;
+        let id = Uuid::from_u128(5);
+        let mut tx = store.begin().await.unwrap();
+        tx.write_profile(&profile(id, 1, "A"), "h1", "customer.profile.created", "{}")
+            .await
+            .unwrap();
+        tx.write_profile(&profile(id, 2, "B"), "h2", "customer.profile.updated", "{}")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        for stale in [2, 1] {
+            let mut tx = store.begin().await.unwrap();
+            let error = tx
+                .write_profile(
+                    &profile(id, stale, "C"),
+                    "h3",
+                    "customer.profile.updated",
+                    "{}",
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "store: profile {id}: version {stale} is not newer than the stored latest \
+                     version"
+                )
+            );
+            assert_eq!(
+                tx.latest_profile(id).await.unwrap(),
+                Some((2, "h2".to_string()))
+            );
+        }
+        assert_eq!(store.profile(id).await.unwrap(), Some(profile(id, 2, "B")));
+        assert_eq!(store.pending_count().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn retirement_cycles_and_self_retirement_are_reported() {
+        let (_dir, store) = temp_store().await;
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        let mut tx = store.begin().await.unwrap();
+        let error = tx.retire_profile(a, a).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("store: cannot retire profile {a} into itself")
+        );
+        tx.retire_profile(a, b).await.unwrap();
+        tx.retire_profile(b, a).await.unwrap();
+        tx.commit().await.unwrap();
+        let error = store.profile(a).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("store: profile {a} is retired in a cycle through {a}")
+        );
+    }
+
+    #[tokio::test]
+    async fn profiles_by_email_compares_case_insensitively_over_linked_customers() {
+        let (_dir, store) = temp_store().await;
+        let p1 = Uuid::from_u128(1);
+        let p2 = Uuid::from_u128(2);
+        let one = customer(
+            "erp",
+            "customers",
+            "1",
+            &["info@mueller.de", "sales@mueller.de"],
+        );
+        let two = customer("crm", "contacts", "2", &["Info@Mueller.DE"]);
+        let unlinked = customer("crm", "contacts", "3", &["info@mueller.de"]);
+        let mut tx = store.begin().await.unwrap();
+        for c in [&one, &two, &unlinked] {
+            tx.upsert_record(&Record::Customer(c.clone()), 1)
+                .await
+                .unwrap();
+        }
+        tx.set_link(&one.source, p2).await.unwrap();
+        tx.set_link(&two.source, p1).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(
+            store.profiles_by_email("INFO@mueller.de").await.unwrap(),
+            vec![p1, p2]
+        );
+        assert_eq!(
+            store.profiles_by_email("sales@mueller.de").await.unwrap(),
+            vec![p2]
+        );
+        assert!(
+            store
+                .profiles_by_email("mueller.de")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// id, job, started_at, finished_at, status, summary.
+    type JobRunRow = (i64, String, String, Option<String>, String, Option<String>);
+
+    #[tokio::test]
+    async fn job_runs_record_start_and_outcome() {
+        let (_dir, store) = temp_store().await;
+        let first = store.start_run("nightly").await.unwrap();
+        let second = store.start_run("hourly").await.unwrap();
+        assert_eq!((first, second), (1, 2));
+        store
+            .finish_run(first, "succeeded", "{\"records\":3}")
+            .await
+            .unwrap();
+
+        let rows: Vec<JobRunRow> = sqlx::query_as(
+            "SELECT id, job, started_at, finished_at, status, summary FROM job_runs \
+                 ORDER BY id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        let (id, job, started_at, finished_at, status, summary) = &rows[0];
+        assert_eq!(
+            (*id, job.as_str(), status.as_str()),
+            (1, "nightly", "succeeded")
+        );
+        assert_eq!(summary.as_deref(), Some("{\"records\":3}"));
+        let started: Timestamp = started_at.parse().unwrap();
+        let finished: Timestamp = finished_at.as_deref().unwrap().parse().unwrap();
+        assert!(started <= finished);
+        let (_, job, _, finished_at, status, summary) = &rows[1];
+        assert_eq!((job.as_str(), status.as_str()), ("hourly", "running"));
+        assert_eq!((finished_at, summary), (&None, &None));
+
+        let error = store.finish_run(99, "failed", "{}").await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "store: cannot finish job run 99: no such run"
+        );
+    }
+}
