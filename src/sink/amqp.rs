@@ -421,7 +421,8 @@ pub(crate) mod tests {
             }
         }
 
-        /// Takes up to `n` messages, waiting up to 5 s for them to arrive.
+        /// Takes up to `n` messages, waiting up to 5 s for them to arrive, and then checks
+        /// that nothing beyond them arrives within a moment.
         async fn take(&self, n: usize) -> Vec<lapin::message::BasicGetMessage> {
             let mut messages = Vec::new();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -436,6 +437,13 @@ pub(crate) mod tests {
                     None => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let extra = self
+                .channel
+                .basic_get(self.queue.clone(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap();
+            assert!(extra.is_none(), "unexpected message: {extra:?}");
             messages
         }
 
@@ -464,7 +472,7 @@ pub(crate) mod tests {
         let events = three_events();
 
         let report = sink.send(&events).await;
-        let messages = observer.take(4).await;
+        let messages = observer.take(3).await;
         observer.delete_exchange().await;
 
         assert!(report.error.is_none(), "{:?}", report.error);
@@ -500,7 +508,7 @@ pub(crate) mod tests {
         session.connection.close(200, "test".into()).await.unwrap();
         assert!(!session.is_usable());
         let second = sink.send(&events[1..]).await;
-        let messages = observer.take(4).await;
+        let messages = observer.take(3).await;
         observer.delete_exchange().await;
 
         assert_eq!(first.confirmed, vec![1]);

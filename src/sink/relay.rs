@@ -44,6 +44,23 @@ impl<T: crate::store::Store + ?Sized> Outbox for T {
     }
 }
 
+/// A shared store trait object (`Arc<dyn Store>`) cannot coerce to `&dyn Outbox` by
+/// itself (one unsized type never coerces to another), so the shared handle is an outbox too.
+#[async_trait]
+impl<T: crate::store::Store + ?Sized> Outbox for std::sync::Arc<T> {
+    async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+        crate::store::Store::pending_events(&**self, limit).await
+    }
+
+    async fn mark_delivered(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        crate::store::Store::mark_delivered(&**self, seqs).await
+    }
+
+    async fn pending_count(&self) -> Result<i64, StoreError> {
+        crate::store::Store::pending_count(&**self).await
+    }
+}
+
 /// How the relay batches and how long it keeps retrying a failing sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelaySettings {
@@ -476,6 +493,12 @@ mod tests {
         let report = drain(&outbox, &mut sink, &fast_settings(10)).await.unwrap();
         assert_eq!(report.delivered, 2);
         assert_eq!(outbox.marks(), vec![vec![1], vec![2]]);
+    }
+
+    /// Compiles only while a shared `Arc<dyn Store>` is an outbox.
+    #[allow(dead_code)]
+    fn shared_store_is_an_outbox(shared: &Arc<dyn crate::store::Store>) -> &dyn Outbox {
+        shared
     }
 
     #[test]
