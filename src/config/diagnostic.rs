@@ -142,8 +142,9 @@ pub(crate) fn position(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The candidate closest to `name` when it is close enough to be what was meant: Jaro-Winkler
-/// similarity of at least 0.8, or at most two edits (and fewer edits than `name` has
-/// characters, so that a short name is not "close" to everything).
+/// similarity of at least 0.8, or at most two edits (a swap of neighbours counting as one, as
+/// in `ulr`/`url`) that change less than half of `name`, so that a short name like `crm` is
+/// not "close" to `erp`.
 pub(crate) fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
@@ -154,8 +155,8 @@ pub(crate) fn did_you_mean<'a>(
             continue;
         }
         let similarity = strsim::jaro_winkler(name, candidate);
-        let edits = strsim::levenshtein(name, candidate);
-        let close = similarity >= 0.8 || (edits <= 2 && edits < name.chars().count());
+        let edits = strsim::osa_distance(name, candidate);
+        let close = similarity >= 0.8 || (edits <= 2 && edits * 2 < name.chars().count());
         if close && best.is_none_or(|(_, score)| similarity > score) {
             best = Some((candidate, similarity));
         }
@@ -214,8 +215,14 @@ mod tests {
         assert_eq!(did_you_mean("htp", ["file"]), None);
         assert_eq!(did_you_mean("sinc", ["sink", "path", "amqp"]), Some("sink"));
         assert_eq!(did_you_mean("a", ["xy"]), None);
+        assert_eq!(did_you_mean("crm", ["erp", "shop"]), None);
+        assert_eq!(did_you_mean("ulr", ["url"]), Some("url"));
+        assert_eq!(did_you_mean("htp", ["http"]), Some("http"));
         assert_eq!(did_you_mean("file", ["file"]), None);
-        assert_eq!(suggestion("utf8", ["utf-8", "windows-1252"]), "; did you mean \"utf-8\"?");
+        assert_eq!(
+            suggestion("utf8", ["utf-8", "windows-1252"]),
+            "; did you mean \"utf-8\"?"
+        );
     }
 
     #[test]

@@ -33,7 +33,11 @@ const MAX_PASSES: usize = 20;
 /// Loads and validates a deployment: the config file at `config_path`, every connector and
 /// every mapping file. `${VAR}` references resolve from the process environment.
 pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
-    load_with(config_path, &|name| std::env::var(name).ok(), &Mapping::parse)
+    load_with(
+        config_path,
+        &|name| std::env::var(name).ok(),
+        &Mapping::parse,
+    )
 }
 
 /// [`load`] with the environment and the mapping compiler given.
@@ -383,7 +387,12 @@ pub(crate) fn parse_all<T: DeserializeOwned>(
             Ok(value) => return blanked.is_empty().then_some(value),
             Err(error) => error,
         };
-        let message = error.message().lines().next().unwrap_or_default().to_string();
+        let message = error
+            .message()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let span = error.span();
         if let Some(field) = missing_field(&message)
             && caused_by_blanking(field, span.clone(), &blanked, &text)

@@ -253,7 +253,10 @@ impl<'a> Checker<'a> {
 
     /// `unknown <what> "x"; did you mean "y"?` or the list of accepted names.
     fn unknown(&mut self, what: &str, text: &Text, accepted: &[&str]) {
-        let hint = match (text.from_env, did_you_mean(&text.value, accepted.iter().copied())) {
+        let hint = match (
+            text.from_env,
+            did_you_mean(&text.value, accepted.iter().copied()),
+        ) {
             (false, Some(candidate)) => format!("; did you mean \"{candidate}\"?"),
             _ => format!("; expected {}", alternatives(accepted)),
         };
@@ -523,9 +526,7 @@ fn check_profile(spec: &ProfileSpec, checker: &mut Checker) -> Option<ProfileCon
         if !is_currency(currency) {
             checker.error(
                 at,
-                format!(
-                    "fx key \"{currency}\" must be a 3-letter upper-case ISO 4217 code"
-                ),
+                format!("fx key \"{currency}\" must be a 3-letter upper-case ISO 4217 code"),
             );
             ok = false;
         }
@@ -567,7 +568,11 @@ fn check_source_priority(
     // default system) are accepted so that one mistake is not reported twice.
     let systems: BTreeSet<&str> = connectors
         .iter()
-        .map(|(id, connector)| connector.as_ref().map_or(id.as_str(), |c| c.system.as_str()))
+        .map(|(id, connector)| {
+            connector
+                .as_ref()
+                .map_or(id.as_str(), |c| c.system.as_str())
+        })
         .chain(broken.iter().map(String::as_str))
         .collect();
     let mut priority = Vec::new();
@@ -749,10 +754,7 @@ fn resolve_sync(
     let id = value.split('.').next().unwrap_or(value);
     let hint = suggestion(
         id,
-        connectors
-            .keys()
-            .chain(broken.iter())
-            .map(String::as_str),
+        connectors.keys().chain(broken.iter()).map(String::as_str),
     );
     let shown = if entry.from_env {
         "(the value from the environment)".to_string()
@@ -770,7 +772,9 @@ fn check_connector(
     checker: &mut Checker,
 ) -> Option<ConnectorConfig> {
     match &connector.spec {
-        ConnectorSpec::File(spec) => check_file_connector(connector, spec, root, mapping_ids, checker),
+        ConnectorSpec::File(spec) => {
+            check_file_connector(connector, spec, root, mapping_ids, checker)
+        }
     }
 }
 
@@ -793,14 +797,16 @@ fn check_file_connector(
             Some(root.join(&dir.value))
         }
     });
-    let archive_dir = checker.optional_text(spec.archive_dir.as_ref()).and_then(|dir| match dir {
-        Some(dir) if dir.value.trim().is_empty() => {
-            checker.error(dir.span.start, "archive_dir must not be empty");
-            None
-        }
-        Some(dir) => Some(Some(root.join(&dir.value))),
-        None => Some(None),
-    });
+    let archive_dir = checker
+        .optional_text(spec.archive_dir.as_ref())
+        .and_then(|dir| match dir {
+            Some(dir) if dir.value.trim().is_empty() => {
+                checker.error(dir.span.start, "archive_dir must not be empty");
+                None
+            }
+            Some(dir) => Some(Some(root.join(&dir.value))),
+            None => Some(None),
+        });
     let empty_values = check_empty_values(spec.empty_values.as_deref(), checker);
 
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -873,15 +879,16 @@ fn check_stream(
     checker: &mut Checker,
 ) -> Option<FileStream> {
     let name = checker.text(&spec.name);
-    let pattern = checker.text(&spec.pattern).and_then(|pattern| {
-        match check_pattern(&pattern.value) {
-            Ok(()) => Some(pattern.value),
-            Err(reason) => {
-                checker.error(pattern.span.start, reason);
-                None
-            }
-        }
-    });
+    let pattern =
+        checker
+            .text(&spec.pattern)
+            .and_then(|pattern| match check_pattern(&pattern.value) {
+                Ok(()) => Some(pattern.value),
+                Err(reason) => {
+                    checker.error(pattern.span.start, reason);
+                    None
+                }
+            });
     let format = checker.text(&spec.format);
     let records = checker.optional_text(spec.records.as_ref());
     let format = format.and_then(|format| {
@@ -981,11 +988,12 @@ fn check_pattern(pattern: &str) -> Result<(), String> {
     let bytes = pattern.as_bytes();
     let drive = bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':';
     if pattern.starts_with(['/', '\\']) || drive || Path::new(pattern).is_absolute() {
-        return Err(
-            "pattern must be relative to the connector's dir, not an absolute path".into(),
-        );
+        return Err("pattern must be relative to the connector's dir, not an absolute path".into());
     }
-    if pattern.split(['/', '\\']).any(|component| component == "..") {
+    if pattern
+        .split(['/', '\\'])
+        .any(|component| component == "..")
+    {
         return Err(
             "pattern must not contain a `..` component: files are read only inside the \
              connector's dir"
@@ -1007,9 +1015,11 @@ mod tests {
         assert_eq!(check_pattern("exports/**/*.csv"), Ok(()));
         assert_eq!(
             check_pattern("../secrets/*.csv"),
-            Err("pattern must not contain a `..` component: files are read only inside the \
+            Err(
+                "pattern must not contain a `..` component: files are read only inside the \
                  connector's dir"
-                .into())
+                    .into()
+            )
         );
         assert_eq!(
             check_pattern("/etc/*.conf"),

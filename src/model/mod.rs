@@ -117,7 +117,9 @@ impl Address {
 
 /// A typed identifier such as a VAT number or a DUNS number. `scheme` is lower case
 /// (`vat`, `duns`, `national_id`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub struct Identifier {
     pub scheme: String,
     pub value: String,
@@ -289,8 +291,9 @@ impl Record {
     /// The content hash that decides whether a re-read record changed: blake3 over the
     /// canonical JSON form (field order is fixed by the types, so the hash is stable).
     pub fn content_hash(&self) -> String {
-        let json = serde_json::to_vec(self)
-            .expect("canonical records contain only serialisable values (strings, decimals, dates)");
+        let json = serde_json::to_vec(self).expect(
+            "canonical records contain only serialisable values (strings, decimals, dates)",
+        );
         blake3::hash(&json).to_hex().to_string()
     }
 }

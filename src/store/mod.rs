@@ -81,8 +81,7 @@ pub trait Store: Send + Sync {
     /// Records the start of a job run and returns its id.
     async fn start_run(&self, job: &str) -> Result<i64, StoreError>;
     /// Records the end of a job run with its outcome and summary (JSON).
-    async fn finish_run(&self, run_id: i64, status: &str, summary: &str)
-    -> Result<(), StoreError>;
+    async fn finish_run(&self, run_id: i64, status: &str, summary: &str) -> Result<(), StoreError>;
 
     /// Up to `limit` undelivered events in delivery order.
     async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError>;
@@ -103,8 +102,7 @@ pub trait Store: Send + Sync {
 pub trait StoreTx: Send {
     /// Stores a canonical record keyed by its source ref, unless its content hash is unchanged.
     async fn upsert_record(&mut self, record: &Record, run_id: i64) -> Result<Upsert, StoreError>;
-    async fn quarantine(&mut self, entry: &QuarantineEntry, run_id: i64)
-    -> Result<(), StoreError>;
+    async fn quarantine(&mut self, entry: &QuarantineEntry, run_id: i64) -> Result<(), StoreError>;
     async fn mark_ingested(
         &mut self,
         connector: &str,
@@ -113,8 +111,11 @@ pub trait StoreTx: Send {
     ) -> Result<(), StoreError>;
 
     /// Replaces the strong match keys of a customer record (`email:a@b.c`, `phone:+49...`).
-    async fn set_match_keys(&mut self, record: &SourceRef, keys: &[String])
-    -> Result<(), StoreError>;
+    async fn set_match_keys(
+        &mut self,
+        record: &SourceRef,
+        keys: &[String],
+    ) -> Result<(), StoreError>;
     /// Customer records holding any of these keys, with their current profile id.
     async fn records_with_keys(
         &mut self,
@@ -143,8 +144,10 @@ pub trait StoreTx: Send {
         customer_id: &str,
     ) -> Result<Vec<Uuid>, StoreError>;
     /// The latest stored version number and content hash of a profile.
-    async fn latest_profile(&mut self, profile_id: Uuid)
-    -> Result<Option<(i64, String)>, StoreError>;
+    async fn latest_profile(
+        &mut self,
+        profile_id: Uuid,
+    ) -> Result<Option<(i64, String)>, StoreError>;
     /// Writes a new profile version and its outbox event in this transaction.
     async fn write_profile(
         &mut self,
