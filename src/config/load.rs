@@ -375,16 +375,18 @@ struct Blanked {
 /// Deserializes a whole file, reporting as many errors as can be found: serde stops at the
 /// first error, so after an error confined to one line that line is blanked (its bytes
 /// replaced by spaces, offsets unchanged) and the text parsed again, up to [`MAX_PASSES`]
-/// times. Returns the value only when the file had no error at all.
+/// times. Returns the value when the file had no error, or when every error was an unknown
+/// field: removing those changes no meaning, so later checks can still run on the rest.
 pub(crate) fn parse_all<T: DeserializeOwned>(
     file: &SourceFile,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<T> {
     let mut text = file.text.clone();
     let mut blanked: Vec<Blanked> = Vec::new();
+    let mut only_unknown_fields = true;
     for _ in 0..MAX_PASSES {
         let error = match toml::from_str::<T>(&text) {
-            Ok(value) => return blanked.is_empty().then_some(value),
+            Ok(value) => return only_unknown_fields.then_some(value),
             Err(error) => error,
         };
         let message = error
@@ -399,6 +401,7 @@ pub(crate) fn parse_all<T: DeserializeOwned>(
         {
             break;
         }
+        only_unknown_fields &= message.starts_with("unknown field");
         let message = with_field_suggestion(message);
         diagnostics.push(file.at_span(span.clone(), &message));
         let recoverable = [
@@ -555,6 +558,20 @@ mod tests {
             messages,
             ["c.toml:2:7: invalid type: integer `5`, expected a string"]
         );
+    }
+
+    #[test]
+    fn a_file_whose_only_mistakes_are_unknown_fields_still_yields_its_value() {
+        let text = "[store]\nurl = \"sqlite://a.db\"\nnope = 1\n[feed]\nsink = \"file\"\n";
+        let (value, messages) = parse::<ConfigSpec>(text);
+        assert_eq!(
+            messages,
+            ["c.toml:3:1: unknown field `nope`, expected `url`"]
+        );
+        assert_eq!(value.unwrap().feed.sink.into_inner(), "file");
+
+        let (value, _) = parse::<ConfigSpec>("[store]\nurl = 1\n[feed]\nsink = \"file\"\n");
+        assert!(value.is_none());
     }
 
     #[test]

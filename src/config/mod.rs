@@ -477,8 +477,10 @@ batch_size = 50
         assert_eq!(
             tree.errors(&[]),
             [
+                "config/test.toml:5:8: sink \"file\" needs feed.path (the NDJSON file events \
+                 are appended to)",
                 "config/test.toml:6:1: unknown field `paht`, expected one of `sink`, `path`, \
-                 `amqp`, `retry_budget`, `batch_size`; did you mean `path`?"
+                 `amqp`, `retry_budget`, `batch_size`; did you mean `path`?",
             ]
         );
     }
