@@ -1,0 +1,1054 @@
+//! Pure checks that turn parsed files into the typed [`Config`].
+//!
+//! [`validate`] receives everything `load` read ([`Loaded`]: the config spec, every
+//! [`ConnectorFile`], the mapping ids and compiled mappings) and an environment lookup; it does
+//! no file, network or clock access. Each check reports a [`Diagnostic`] at the offending
+//! value and carries on, so one run lists every problem; a [`Config`] is returned only when
+//! the caller's diagnostics stay empty. [`Checker`] resolves `${VAR}` references value by
+//! value, strictly in the config file and in connectors a job uses, leniently elsewhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::SignedDuration;
+use rust_decimal::Decimal;
+use toml::Spanned;
+
+use super::diagnostic::{Diagnostic, SourceFile, did_you_mean, suggestion};
+use super::env::{Env, expand};
+use super::spec::{
+    AmqpSpec, ConfigSpec, FeedSpec, FileConnectorSpec, FileStreamSpec, IdentitySpec, JobSpec,
+    ProfileSpec, StoreSpec,
+};
+use super::{
+    Config, ConnectorConfig, FeedConfig, FileConnector, FileStream, IdentityConfig, JobConfig,
+    MatchKey, ProfileConfig, SinkConfig, StoreConfig, StreamRef, Transport,
+};
+use crate::mapper::Mapping;
+
+const SINKS: [&str; 2] = ["file", "amqp"];
+const FORMATS: [&str; 4] = ["csv", "json", "ndjson", "xml"];
+const ENCODINGS: [&str; 2] = ["utf-8", "windows-1252"];
+const DEFAULT_EXCHANGE: &str = "conflux.customers";
+const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30);
+const DEFAULT_FEED_BATCH: usize = 500;
+const DEFAULT_STREAM_BATCH: usize = 1000;
+
+/// Everything a load read, before any check.
+pub(crate) struct Loaded {
+    pub id: String,
+    pub config_path: PathBuf,
+    pub file: SourceFile,
+    /// `None` when the config file did not parse (its errors are already reported).
+    pub spec: Option<ConfigSpec>,
+    /// `None` when the root could not be resolved (already reported).
+    pub root: Option<PathBuf>,
+    pub connectors: Vec<ConnectorFile>,
+    /// Connector files that exist but did not parse: references to them are not reported
+    /// again as unknown.
+    pub broken_connectors: BTreeSet<String>,
+    /// Every mapping file found, compiled or not.
+    pub mapping_ids: BTreeSet<String>,
+    pub mappings: BTreeMap<String, Arc<Mapping>>,
+}
+
+/// One parsed connector file.
+pub(crate) struct ConnectorFile {
+    pub id: String,
+    /// Absolute.
+    pub path: PathBuf,
+    pub file: SourceFile,
+    pub spec: ConnectorSpec,
+}
+
+/// A connector file's raw spec, by `kind`; mirrors [`Transport`].
+pub(crate) enum ConnectorSpec {
+    File(FileConnectorSpec),
+}
+
+/// Checks everything and builds the [`Config`]; problems go to `diagnostics`. The result is
+/// only meaningful when `diagnostics` is empty afterwards.
+pub(crate) fn validate(
+    loaded: Loaded,
+    env: Env<'_>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Config> {
+    let Loaded {
+        id,
+        config_path,
+        file,
+        spec,
+        root,
+        connectors: connector_files,
+        broken_connectors,
+        mapping_ids,
+        mappings,
+    } = loaded;
+    // Without a root the config's paths cannot resolve; a placeholder keeps the checks going
+    // so that every other problem is still reported (no Config is returned in that case).
+    let root_for_checks = root.clone().unwrap_or_default();
+
+    let mut config_checker = Checker::new(&file, env, true, diagnostics);
+    let parts = spec
+        .as_ref()
+        .map(|spec| check_config(spec, &id, &root_for_checks, &mut config_checker));
+    let sync_entries: Vec<Vec<Text>> = match &spec {
+        Some(spec) => spec
+            .jobs
+            .iter()
+            .map(|job| {
+                job.sync
+                    .iter()
+                    .filter_map(|entry| config_checker.text(entry))
+                    .collect()
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+
+    let used: BTreeSet<&str> = sync_entries
+        .iter()
+        .flatten()
+        .flat_map(|entry| connector_candidates(&entry.value))
+        .collect();
+    let mut connectors = BTreeMap::new();
+    for connector in &connector_files {
+        let mut checker = Checker::new(
+            &connector.file,
+            env,
+            used.contains(connector.id.as_str()),
+            diagnostics,
+        );
+        let checked = check_connector(connector, &root_for_checks, &mapping_ids, &mut checker);
+        connectors.insert(connector.id.clone(), checked);
+    }
+
+    let (spec, parts) = (spec?, parts?);
+    let mut checker = Checker::new(&file, env, true, diagnostics);
+    let source_priority =
+        check_source_priority(&spec.profile, &connectors, &broken_connectors, &mut checker);
+    let jobs = check_jobs(
+        &spec.jobs,
+        sync_entries,
+        &connectors,
+        &broken_connectors,
+        &mut checker,
+    );
+
+    let root = root?;
+    let connectors = connectors
+        .into_iter()
+        .map(|(id, connector)| Some((id, connector?)))
+        .collect::<Option<BTreeMap<_, _>>>()?;
+    Some(Config {
+        id,
+        path: config_path,
+        root,
+        instance: parts.instance,
+        store: parts.store?,
+        feed: parts.feed?,
+        identity: parts.identity?,
+        profile: ProfileConfig {
+            source_priority: source_priority?,
+            ..parts.profile?
+        },
+        jobs: jobs?,
+        connectors,
+        mappings,
+    })
+}
+
+/// A string value after `${VAR}` resolution, with the span of the value as written.
+#[derive(Debug, Clone)]
+struct Text {
+    value: String,
+    span: Range<usize>,
+    from_env: bool,
+}
+
+impl Text {
+    /// The value for a message: quoted, unless it came from the environment (and so may be a
+    /// secret).
+    fn shown(&self) -> String {
+        if self.from_env {
+            "(the value from the environment)".to_string()
+        } else {
+            format!("\"{}\"", self.value)
+        }
+    }
+}
+
+/// Resolves and checks the values of one file, collecting diagnostics positioned in it.
+struct Checker<'a> {
+    file: &'a SourceFile,
+    env: Env<'a>,
+    /// Whether unset variables are errors.
+    required: bool,
+    diagnostics: &'a mut Vec<Diagnostic>,
+    /// Set by any error reported through this checker.
+    failed: bool,
+}
+
+impl<'a> Checker<'a> {
+    fn new(
+        file: &'a SourceFile,
+        env: Env<'a>,
+        required: bool,
+        diagnostics: &'a mut Vec<Diagnostic>,
+    ) -> Checker<'a> {
+        Checker {
+            file,
+            env,
+            required,
+            diagnostics,
+            failed: false,
+        }
+    }
+
+    fn error(&mut self, offset: usize, message: impl Into<String>) {
+        self.failed = true;
+        self.diagnostics.push(self.file.at(offset, message));
+    }
+
+    /// Resolves a spanned value; `None` (with diagnostics) when a reference cannot be.
+    fn text(&mut self, value: &Spanned<String>) -> Option<Text> {
+        let span = value.span();
+        self.resolve(value.get_ref(), span.start)
+            .map(|(value, from_env)| Text {
+                value,
+                span,
+                from_env,
+            })
+    }
+
+    fn optional_text(&mut self, value: Option<&Spanned<String>>) -> Option<Option<Text>> {
+        match value {
+            Some(value) => self.text(value).map(Some),
+            None => Some(None),
+        }
+    }
+
+    /// Resolves a value whose type keeps no span: errors point at its first occurrence in the
+    /// text, or at the start of the file.
+    fn plain(&mut self, value: &str) -> Option<String> {
+        let offset = self.file.text.find(value).unwrap_or(0);
+        self.resolve(value, offset).map(|(value, _)| value)
+    }
+
+    fn resolve(&mut self, raw: &str, offset: usize) -> Option<(String, bool)> {
+        match expand(raw, self.env, self.required) {
+            Ok(expanded) => Some((expanded.value, expanded.from_env)),
+            Err(errors) => {
+                for error in errors {
+                    self.error(offset, error.to_string());
+                }
+                None
+            }
+        }
+    }
+
+    /// `unknown <what> "x"; did you mean "y"?` or the list of accepted names.
+    fn unknown(&mut self, what: &str, text: &Text, accepted: &[&str]) {
+        let hint = match (
+            text.from_env,
+            did_you_mean(&text.value, accepted.iter().copied()),
+        ) {
+            (false, Some(candidate)) => format!("; did you mean \"{candidate}\"?"),
+            _ => format!("; expected {}", alternatives(accepted)),
+        };
+        self.error(
+            text.span.start,
+            format!("unknown {what} {}{hint}", text.shown()),
+        );
+    }
+}
+
+/// `"a"`, `"a" or "b"`, `one of "a", "b", "c"`.
+fn alternatives(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("\"{name}\"")).collect();
+    match quoted.as_slice() {
+        [one] => one.clone(),
+        [a, b] => format!("{a} or {b}"),
+        _ => format!("one of {}", quoted.join(", ")),
+    }
+}
+
+/// The parts of a [`Config`] that come from the config file alone.
+struct ConfigParts {
+    instance: String,
+    store: Option<StoreConfig>,
+    feed: Option<FeedConfig>,
+    identity: Option<IdentityConfig>,
+    profile: Option<ProfileConfig>,
+}
+
+fn check_config(spec: &ConfigSpec, id: &str, root: &Path, checker: &mut Checker) -> ConfigParts {
+    let instance = match &spec.instance {
+        Some(instance) => checker.plain(instance).unwrap_or_default(),
+        None => id.to_string(),
+    };
+    ConfigParts {
+        instance,
+        store: check_store(&spec.store, root, checker),
+        feed: check_feed(&spec.feed, root, checker),
+        identity: check_identity(&spec.identity, checker),
+        profile: check_profile(&spec.profile, checker),
+    }
+}
+
+fn check_store(spec: &StoreSpec, root: &Path, checker: &mut Checker) -> Option<StoreConfig> {
+    let url = checker.text(&spec.url)?;
+    let at = url.span.start;
+    if let Some(path) = url.value.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            checker.error(at, "store.url needs a database file after sqlite://");
+            return None;
+        }
+        return Some(StoreConfig::Sqlite {
+            path: root.join(path),
+        });
+    }
+    let message = match url.value.split_once("://") {
+        Some(("postgres" | "postgresql", _)) => {
+            "PostgreSQL stores are not supported yet; use sqlite://<path>".to_string()
+        }
+        Some((scheme, _)) => {
+            format!("unsupported store scheme \"{scheme}\"; use sqlite://<path>")
+        }
+        None => "store.url must look like sqlite://<path>".to_string(),
+    };
+    checker.error(at, message);
+    None
+}
+
+fn check_feed(spec: &FeedSpec, root: &Path, checker: &mut Checker) -> Option<FeedConfig> {
+    let sink_text = checker.text(&spec.sink);
+    let path = checker.optional_text(spec.path.as_ref());
+    let retry_budget = match checker.optional_text(spec.retry_budget.as_ref()) {
+        Some(Some(text)) => parse_duration(&text, checker),
+        Some(None) => Some(DEFAULT_RETRY_BUDGET),
+        None => None,
+    };
+    let batch_size = match spec.batch_size {
+        Some(0) => {
+            checker.error(spec.sink.span().start, "feed.batch_size must be at least 1");
+            None
+        }
+        Some(size) => Some(size),
+        None => Some(DEFAULT_FEED_BATCH),
+    };
+    let amqp = spec.amqp.as_ref().map(|amqp| check_amqp(amqp, checker));
+
+    let sink_text = sink_text?;
+    let sink = match sink_text.value.as_str() {
+        "file" => match path? {
+            Some(path) if !path.value.is_empty() => Some(SinkConfig::File {
+                path: root.join(&path.value),
+            }),
+            Some(path) => {
+                checker.error(path.span.start, "feed.path must not be empty");
+                None
+            }
+            None => {
+                checker.error(
+                    sink_text.span.start,
+                    "sink \"file\" needs feed.path (the NDJSON file events are appended to)",
+                );
+                None
+            }
+        },
+        "amqp" => match amqp {
+            Some(amqp) => amqp,
+            None => {
+                checker.error(
+                    sink_text.span.start,
+                    "sink \"amqp\" needs a [feed.amqp] table with the broker url",
+                );
+                None
+            }
+        },
+        _ => {
+            checker.unknown("sink", &sink_text, &SINKS);
+            None
+        }
+    };
+    Some(FeedConfig {
+        sink: sink?,
+        retry_budget: retry_budget?,
+        batch_size: batch_size?,
+    })
+}
+
+fn check_amqp(spec: &AmqpSpec, checker: &mut Checker) -> Option<SinkConfig> {
+    let url = checker.text(&spec.url);
+    let exchange = match &spec.exchange {
+        Some(exchange) => checker.plain(exchange),
+        None => Some(DEFAULT_EXCHANGE.to_string()),
+    };
+    let url = url?;
+    if !(url.value.starts_with("amqp://") || url.value.starts_with("amqps://")) {
+        // The URL is not echoed: it normally carries the broker password.
+        checker.error(
+            url.span.start,
+            "feed.amqp.url must start with amqp:// or amqps://",
+        );
+        return None;
+    }
+    let exchange = exchange?;
+    if exchange.is_empty() {
+        let at = checker.file.text.find("exchange").unwrap_or(url.span.start);
+        checker.error(at, "feed.amqp.exchange must not be empty");
+        return None;
+    }
+    Some(SinkConfig::Amqp {
+        url: url.value,
+        exchange,
+    })
+}
+
+/// A positive duration written like `30s`, `5m`, `1h` or `500ms` (jiff's friendly format;
+/// ISO 8601 `PT30S` is accepted too).
+fn parse_duration(text: &Text, checker: &mut Checker) -> Option<Duration> {
+    let parsed = SignedDuration::from_str(&text.value)
+        .ok()
+        .and_then(|duration| Duration::try_from(duration).ok());
+    match parsed {
+        Some(duration) if !duration.is_zero() => Some(duration),
+        Some(_) => {
+            checker.error(text.span.start, "retry_budget must be longer than zero");
+            None
+        }
+        None => {
+            checker.error(
+                text.span.start,
+                format!(
+                    "invalid duration {}; write a positive duration like \"30s\", \"5m\", \
+                     \"1h\" or \"500ms\"",
+                    text.shown()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn check_identity(spec: &IdentitySpec, checker: &mut Checker) -> Option<IdentityConfig> {
+    let Some(entries) = &spec.match_on else {
+        return Some(IdentityConfig {
+            match_on: vec![MatchKey::Email, MatchKey::Identifier("vat".into())],
+        });
+    };
+    let mut match_on = Vec::new();
+    let mut ok = true;
+    for entry in entries {
+        let Some(text) = checker.text(entry) else {
+            ok = false;
+            continue;
+        };
+        let key = match text.value.as_str() {
+            "email" => Some(MatchKey::Email),
+            "phone" => Some(MatchKey::Phone),
+            other => match other.strip_prefix("identifier:") {
+                Some(scheme) if is_scheme(scheme) => Some(MatchKey::Identifier(scheme.into())),
+                Some(_) => {
+                    checker.error(
+                        text.span.start,
+                        format!(
+                            "invalid identifier scheme in {}; write identifier:<scheme> with \
+                             a lower-case scheme such as identifier:vat",
+                            text.shown()
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    let hint = suggestion(other, ["email", "phone", "identifier:vat"]);
+                    checker.error(
+                        text.span.start,
+                        format!(
+                            "unknown match key {}{hint}; expected \"email\", \"phone\" or \
+                             \"identifier:<scheme>\"",
+                            text.shown()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        match key {
+            Some(key) if match_on.contains(&key) => {
+                checker.error(text.span.start, format!("duplicate match key \"{key}\""));
+                ok = false;
+            }
+            Some(key) => match_on.push(key),
+            None => ok = false,
+        }
+    }
+    ok.then_some(IdentityConfig { match_on })
+}
+
+fn is_scheme(scheme: &str) -> bool {
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn is_currency(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// Everything of the profile section except `source_priority`, which needs the connectors.
+fn check_profile(spec: &ProfileSpec, checker: &mut Checker) -> Option<ProfileConfig> {
+    let base_currency = match checker.optional_text(spec.base_currency.as_ref()) {
+        Some(Some(text)) if is_currency(&text.value) => Some(text.value),
+        Some(Some(text)) => {
+            checker.error(
+                text.span.start,
+                format!(
+                    "base_currency must be a 3-letter upper-case ISO 4217 code, got {}",
+                    text.shown()
+                ),
+            );
+            None
+        }
+        Some(None) => Some("EUR".to_string()),
+        None => None,
+    };
+    let mut fx = BTreeMap::new();
+    let mut ok = true;
+    for (currency, rate) in &spec.fx {
+        let at = rate.span().start;
+        if !is_currency(currency) {
+            checker.error(
+                at,
+                format!("fx key \"{currency}\" must be a 3-letter upper-case ISO 4217 code"),
+            );
+            ok = false;
+        }
+        let Some(text) = checker.text(rate) else {
+            ok = false;
+            continue;
+        };
+        match Decimal::from_str(text.value.trim()) {
+            Ok(value) if value > Decimal::ZERO => {
+                fx.insert(currency.clone(), value);
+            }
+            _ => {
+                checker.error(
+                    at,
+                    format!(
+                        "fx rate for {currency} must be a positive decimal such as \"0.92\", \
+                         got {}",
+                        text.shown()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    Some(ProfileConfig {
+        base_currency: base_currency?,
+        fx: ok.then_some(fx)?,
+        source_priority: Vec::new(),
+    })
+}
+
+fn check_source_priority(
+    spec: &ProfileSpec,
+    connectors: &BTreeMap<String, Option<ConnectorConfig>>,
+    broken: &BTreeSet<String>,
+    checker: &mut Checker,
+) -> Option<Vec<String>> {
+    // Systems of connectors that failed their own checks are unknown; their ids (the
+    // default system) are accepted so that one mistake is not reported twice.
+    let systems: BTreeSet<&str> = connectors
+        .iter()
+        .map(|(id, connector)| {
+            connector
+                .as_ref()
+                .map_or(id.as_str(), |c| c.system.as_str())
+        })
+        .chain(broken.iter().map(String::as_str))
+        .collect();
+    let mut priority = Vec::new();
+    let mut ok = true;
+    for entry in &spec.source_priority {
+        let Some(text) = checker.text(entry) else {
+            ok = false;
+            continue;
+        };
+        if !systems.contains(text.value.as_str()) {
+            let hint = suggestion(&text.value, systems.iter().copied());
+            checker.error(
+                text.span.start,
+                format!(
+                    "source_priority names system {}, which no connector has{hint}",
+                    text.shown()
+                ),
+            );
+            ok = false;
+        } else if priority.contains(&text.value) {
+            checker.error(
+                text.span.start,
+                format!("system {} is listed twice", text.shown()),
+            );
+            ok = false;
+        } else {
+            priority.push(text.value);
+        }
+    }
+    ok.then_some(priority)
+}
+
+/// The connector ids a `sync` entry may refer to: itself, and every prefix before a `.`.
+fn connector_candidates(entry: &str) -> impl Iterator<Item = &str> {
+    std::iter::once(entry).chain(entry.match_indices('.').map(|(i, _)| &entry[..i]))
+}
+
+fn check_jobs(
+    specs: &[JobSpec],
+    sync_entries: Vec<Vec<Text>>,
+    connectors: &BTreeMap<String, Option<ConnectorConfig>>,
+    broken: &BTreeSet<String>,
+    checker: &mut Checker,
+) -> Option<Vec<JobConfig>> {
+    let cron = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .year(croner::parser::Year::Disallowed)
+        .build();
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    let mut jobs = Vec::new();
+    let mut ok = true;
+    for (spec, entries) in specs.iter().zip(sync_entries) {
+        let before = checker.diagnostics.len();
+        let name = checker.text(&spec.name);
+        if let Some(name) = &name {
+            if name.value.is_empty() {
+                checker.error(name.span.start, "job name must not be empty");
+            } else if let Some(&first) = names.get(&name.value) {
+                let (line, _) = super::diagnostic::position(&checker.file.text, first);
+                checker.error(
+                    name.span.start,
+                    format!(
+                        "duplicate job name {} (first used on line {line})",
+                        name.shown()
+                    ),
+                );
+            } else {
+                names.insert(name.value.clone(), name.span.start);
+            }
+            if spec.sync.is_empty() {
+                checker.error(
+                    name.span.start,
+                    format!(
+                        "job {} syncs nothing; list connectors or connector.stream entries in \
+                         sync",
+                        name.shown()
+                    ),
+                );
+            }
+        }
+        let schedule = checker.optional_text(spec.schedule.as_ref()).flatten();
+        if let Some(schedule) = &schedule
+            && let Err(error) = cron.parse(&schedule.value)
+        {
+            checker.error(
+                schedule.span.start,
+                format!(
+                    "invalid cron schedule {}: {error} (use 5 fields, or 6 with seconds first)",
+                    schedule.shown()
+                ),
+            );
+        }
+        let timezone = checker.optional_text(spec.timezone.as_ref()).flatten();
+        if let Some(timezone) = &timezone
+            && jiff::tz::TimeZone::get(&timezone.value).is_err()
+        {
+            let zones: Vec<String> = jiff::tz::db()
+                .available()
+                .map(|zone| zone.to_string())
+                .collect();
+            let hint = suggestion(&timezone.value, zones.iter().map(String::as_str));
+            checker.error(
+                timezone.span.start,
+                format!("unknown time zone {}{hint}", timezone.shown()),
+            );
+        }
+        let streams: Vec<StreamRef> = entries
+            .iter()
+            .flat_map(|entry| resolve_sync(entry, connectors, broken, checker))
+            .collect();
+        if checker.diagnostics.len() != before || entries.len() != spec.sync.len() {
+            ok = false;
+            continue;
+        }
+        if let Some(name) = name {
+            jobs.push(JobConfig {
+                name: name.value,
+                schedule: schedule.map(|text| text.value),
+                timezone: timezone.map(|text| text.value),
+                streams,
+            });
+        }
+    }
+    ok.then_some(jobs)
+}
+
+/// The streams one `sync` entry means: `<connector>` (all its streams, in file order) or
+/// `<connector>.<stream>`. Connector ids may contain dots, so the longest matching prefix
+/// wins.
+fn resolve_sync(
+    entry: &Text,
+    connectors: &BTreeMap<String, Option<ConnectorConfig>>,
+    broken: &BTreeSet<String>,
+    checker: &mut Checker,
+) -> Vec<StreamRef> {
+    let value = entry.value.as_str();
+    let at = entry.span.start;
+    let mut splits: Vec<(&str, Option<&str>)> = vec![(value, None)];
+    splits.extend(
+        value
+            .match_indices('.')
+            .rev()
+            .map(|(i, _)| (&value[..i], Some(&value[i + 1..]))),
+    );
+    for (id, stream) in splits {
+        if broken.contains(id) {
+            return Vec::new();
+        }
+        let Some(connector) = connectors.get(id) else {
+            continue;
+        };
+        // A connector with its own errors was reported in its file already.
+        let Some(connector) = connector else {
+            return Vec::new();
+        };
+        let names = connector.stream_names();
+        return match stream {
+            None => names
+                .into_iter()
+                .map(|stream| StreamRef {
+                    connector: id.to_string(),
+                    stream: stream.to_string(),
+                })
+                .collect(),
+            Some(stream) if names.contains(&stream) => vec![StreamRef {
+                connector: id.to_string(),
+                stream: stream.to_string(),
+            }],
+            Some(stream) => {
+                let hint = suggestion(stream, names.iter().copied());
+                checker.error(
+                    at,
+                    format!("connector \"{id}\" has no stream \"{stream}\"{hint}"),
+                );
+                Vec::new()
+            }
+        };
+    }
+    let id = value.split('.').next().unwrap_or(value);
+    let hint = suggestion(
+        id,
+        connectors.keys().chain(broken.iter()).map(String::as_str),
+    );
+    let shown = if entry.from_env {
+        "(the value from the environment)".to_string()
+    } else {
+        format!("\"{id}\"")
+    };
+    checker.error(at, format!("unknown connector {shown}{hint}"));
+    Vec::new()
+}
+
+fn check_connector(
+    connector: &ConnectorFile,
+    root: &Path,
+    mapping_ids: &BTreeSet<String>,
+    checker: &mut Checker,
+) -> Option<ConnectorConfig> {
+    match &connector.spec {
+        ConnectorSpec::File(spec) => {
+            check_file_connector(connector, spec, root, mapping_ids, checker)
+        }
+    }
+}
+
+fn check_file_connector(
+    connector: &ConnectorFile,
+    spec: &FileConnectorSpec,
+    root: &Path,
+    mapping_ids: &BTreeSet<String>,
+    checker: &mut Checker,
+) -> Option<ConnectorConfig> {
+    let system = match &spec.system {
+        Some(system) => checker.plain(system),
+        None => Some(connector.id.clone()),
+    };
+    let dir = checker.text(&spec.dir).and_then(|dir| {
+        if dir.value.trim().is_empty() {
+            checker.error(dir.span.start, "dir must not be empty");
+            None
+        } else {
+            Some(root.join(&dir.value))
+        }
+    });
+    let archive_dir = checker
+        .optional_text(spec.archive_dir.as_ref())
+        .and_then(|dir| match dir {
+            Some(dir) if dir.value.trim().is_empty() => {
+                checker.error(dir.span.start, "archive_dir must not be empty");
+                None
+            }
+            Some(dir) => Some(Some(root.join(&dir.value))),
+            None => Some(None),
+        });
+    let empty_values = check_empty_values(spec.empty_values.as_deref(), checker);
+
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut streams = Vec::new();
+    for stream in &spec.streams {
+        let checked = check_stream(stream, mapping_ids, checker);
+        if let Some(name) = checker.text(&stream.name) {
+            if let Some(&first) = seen.get(&name.value) {
+                let (line, _) = super::diagnostic::position(&checker.file.text, first);
+                checker.error(
+                    name.span.start,
+                    format!(
+                        "duplicate stream name {} (first used on line {line})",
+                        name.shown()
+                    ),
+                );
+            } else {
+                seen.insert(name.value, name.span.start);
+            }
+        }
+        streams.push(checked);
+    }
+    if checker.failed {
+        return None;
+    }
+    Some(ConnectorConfig {
+        id: connector.id.clone(),
+        path: connector.path.clone(),
+        system: system?,
+        empty_values: empty_values?,
+        transport: Transport::File(FileConnector {
+            dir: dir?,
+            archive_dir: archive_dir?,
+            streams: streams.into_iter().collect::<Option<Vec<_>>>()?,
+        }),
+    })
+}
+
+fn check_empty_values(
+    values: Option<&[toml::Value]>,
+    checker: &mut Checker,
+) -> Option<Vec<serde_json::Value>> {
+    let Some(values) = values else {
+        return Some(vec![serde_json::Value::String(String::new())]);
+    };
+    let at = checker.file.key_offset("empty_values").unwrap_or(0);
+    let mut converted = Vec::new();
+    for value in values {
+        match value {
+            toml::Value::String(text) => converted.push(serde_json::Value::String(text.clone())),
+            toml::Value::Boolean(flag) => converted.push(serde_json::Value::Bool(*flag)),
+            other => {
+                checker.error(
+                    at,
+                    format!(
+                        "empty_values entries must be strings or booleans, found {} {other}",
+                        other.type_str()
+                    ),
+                );
+                return None;
+            }
+        }
+    }
+    Some(converted)
+}
+
+fn check_stream(
+    spec: &FileStreamSpec,
+    mapping_ids: &BTreeSet<String>,
+    checker: &mut Checker,
+) -> Option<FileStream> {
+    let name = checker.text(&spec.name);
+    let pattern =
+        checker
+            .text(&spec.pattern)
+            .and_then(|pattern| match check_pattern(&pattern.value) {
+                Ok(()) => Some(pattern.value),
+                Err(reason) => {
+                    checker.error(pattern.span.start, reason);
+                    None
+                }
+            });
+    let format = checker.text(&spec.format);
+    let records = checker.optional_text(spec.records.as_ref());
+    let format = format.and_then(|format| {
+        if !FORMATS.contains(&format.value.as_str()) {
+            checker.unknown("format", &format, &FORMATS);
+            return None;
+        }
+        if format.value == "xml" && matches!(records, Some(None)) {
+            checker.error(
+                format.span.start,
+                "format \"xml\" needs records: the slash path of the record elements, \
+                 e.g. \"DEBMAS07/IDOC\"",
+            );
+            return None;
+        }
+        Some(format.value)
+    });
+    let mapping = checker.text(&spec.mapping).and_then(|mapping| {
+        if mapping_ids.contains(&mapping.value) {
+            Some(mapping.value)
+        } else {
+            let hint = suggestion(&mapping.value, mapping_ids.iter().map(String::as_str));
+            checker.error(
+                mapping.span.start,
+                format!("unknown mapping {}{hint}", mapping.shown()),
+            );
+            None
+        }
+    });
+    let delimiter = one_byte(spec.delimiter.as_ref(), b',', "delimiter", checker);
+    let quote = one_byte(spec.quote.as_ref(), b'"', "quote", checker);
+    let encoding = match checker.optional_text(spec.encoding.as_ref()) {
+        Some(Some(encoding)) if ENCODINGS.contains(&encoding.value.as_str()) => {
+            Some(encoding.value)
+        }
+        Some(Some(encoding)) => {
+            checker.unknown("encoding", &encoding, &ENCODINGS);
+            None
+        }
+        Some(None) => Some("utf-8".to_string()),
+        None => None,
+    };
+    let batch_size = match spec.batch_size {
+        Some(0) => {
+            checker.error(
+                spec.name.span().start,
+                "batch_size of this stream must be at least 1",
+            );
+            None
+        }
+        Some(size) => Some(size),
+        None => Some(DEFAULT_STREAM_BATCH),
+    };
+    Some(FileStream {
+        name: name?.value,
+        pattern: pattern?,
+        format: format?,
+        records: records?.map(|text| text.value),
+        mapping: mapping?,
+        delimiter: delimiter?,
+        quote: quote?,
+        encoding: encoding?,
+        batch_size: batch_size?,
+    })
+}
+
+fn one_byte(
+    value: Option<&Spanned<String>>,
+    default: u8,
+    what: &str,
+    checker: &mut Checker,
+) -> Option<u8> {
+    let Some(text) = checker.optional_text(value)? else {
+        return Some(default);
+    };
+    match text.value.as_bytes() {
+        [byte] if byte.is_ascii() => Some(*byte),
+        _ => {
+            checker.error(
+                text.span.start,
+                format!(
+                    "{what} must be exactly one ASCII character, got {}",
+                    text.shown()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A stream's glob must stay inside its connector's directory: relative, no `..`, valid
+/// glob syntax.
+fn check_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() {
+        return Err("pattern must not be empty".into());
+    }
+    let bytes = pattern.as_bytes();
+    let drive = bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':';
+    if pattern.starts_with(['/', '\\']) || drive || Path::new(pattern).is_absolute() {
+        return Err("pattern must be relative to the connector's dir, not an absolute path".into());
+    }
+    if pattern
+        .split(['/', '\\'])
+        .any(|component| component == "..")
+    {
+        return Err(
+            "pattern must not contain a `..` component: files are read only inside the \
+             connector's dir"
+                .into(),
+        );
+    }
+    globset::Glob::new(pattern)
+        .map(|_| ())
+        .map_err(|error| format!("invalid glob pattern: {}", error.kind()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_stay_inside_their_directory() {
+        assert_eq!(check_pattern("DEBMAS*.xml"), Ok(()));
+        assert_eq!(check_pattern("exports/**/*.csv"), Ok(()));
+        assert_eq!(
+            check_pattern("../secrets/*.csv"),
+            Err(
+                "pattern must not contain a `..` component: files are read only inside the \
+                 connector's dir"
+                    .into()
+            )
+        );
+        assert_eq!(
+            check_pattern("/etc/*.conf"),
+            Err("pattern must be relative to the connector's dir, not an absolute path".into())
+        );
+        assert_eq!(
+            check_pattern("C:stuff"),
+            Err("pattern must be relative to the connector's dir, not an absolute path".into())
+        );
+        assert_eq!(
+            check_pattern("[a.csv"),
+            Err("invalid glob pattern: unclosed character class; missing ']'".into())
+        );
+        assert_eq!(check_pattern(""), Err("pattern must not be empty".into()));
+    }
+
+    #[test]
+    fn alternatives_read_naturally() {
+        assert_eq!(alternatives(&["file"]), "\"file\"");
+        assert_eq!(alternatives(&["file", "amqp"]), "\"file\" or \"amqp\"");
+        assert_eq!(
+            alternatives(&FORMATS),
+            "one of \"csv\", \"json\", \"ndjson\", \"xml\""
+        );
+    }
+
+    #[test]
+    fn sync_entries_may_name_dotted_connectors() {
+        let candidates: Vec<&str> = connector_candidates("sap.idoc.customers").collect();
+        assert_eq!(candidates, ["sap.idoc.customers", "sap", "sap.idoc"]);
+    }
+}
