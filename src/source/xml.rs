@@ -70,6 +70,8 @@ pub struct XmlRecords<R: BufRead> {
     buf: Vec<u8>,
     index: u64,
     done: bool,
+    /// [`MAX_RECORD_BYTES`]; a field so tests can exercise the limit with small documents.
+    max_record_bytes: u64,
 }
 
 /// One open element of the record being built.
@@ -227,6 +229,7 @@ impl<R: BufRead> XmlRecords<R> {
             buf: Vec::new(),
             index: 0,
             done: false,
+            max_record_bytes: MAX_RECORD_BYTES,
         };
         records.setup_failure = match setup_failure {
             None => None,
@@ -378,10 +381,10 @@ impl<R: BufRead> XmlRecords<R> {
             depth = 0;
         }
         while depth > 0 {
-            if problem.is_none() && self.reader.get_ref().since_mark() > MAX_RECORD_BYTES {
+            if problem.is_none() && self.reader.get_ref().since_mark() > self.max_record_bytes {
                 problem = Some(format!(
-                    "the record is larger than {} MiB",
-                    MAX_RECORD_BYTES / (1024 * 1024)
+                    "the record is larger than {} bytes",
+                    self.max_record_bytes
                 ));
             }
             let event = match self.read() {
@@ -489,5 +492,287 @@ impl<R: BufRead> Iterator for XmlRecords<R> {
                 Some(Err(error))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(document: &[u8], path: &str) -> Vec<RawItem> {
+        parse_xml_records(document, path, "in.xml")
+            .collect::<io::Result<Vec<_>>>()
+            .unwrap()
+    }
+
+    fn record(item: &RawItem) -> &RawRecord {
+        match item {
+            RawItem::Record(record) => record,
+            RawItem::Broken(broken) => panic!("unexpected broken item: {broken:?}"),
+        }
+    }
+
+    fn broken(item: &RawItem) -> &BrokenRecord {
+        match item {
+            RawItem::Broken(broken) => broken,
+            RawItem::Record(record) => panic!("unexpected record: {record:?}"),
+        }
+    }
+
+    fn fixture() -> Vec<u8> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/files/debmas07.xml");
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn debmas07_idocs_become_trees_with_attributes_and_arrays() {
+        let items = parse(&fixture(), "DEBMAS07/IDOC");
+        assert_eq!(items.len(), 2);
+        let first = record(&items[0]);
+        assert_eq!(first.origin.line, Some(3));
+        assert_eq!(first.origin.index, 0);
+        let idoc = &first.value;
+        assert_eq!(idoc["@BEGIN"], "1");
+        assert_eq!(idoc["EDI_DC40"]["@SEGMENT"], "1");
+        assert_eq!(idoc["EDI_DC40"]["DOCNUM"], "0000000000481516");
+        assert_eq!(idoc["EDI_DC40"]["SNDPRT"], "");
+        let kna1 = &idoc["E1KNA1M"];
+        assert_eq!(kna1["KUNNR"], "0010034884");
+        assert_eq!(kna1["NAME1"], "Müller & Söhne GmbH");
+        assert_eq!(kna1["ORT01"], "München");
+        assert_eq!(kna1["STCEG"], "");
+        assert_eq!(
+            kna1["E1KNVKM"],
+            json!([
+                {"@SEGMENT": "1", "MSGFN": "005", "PARNR": "0000004711", "NAMEV": "Anna", "NAME1": "Schmidt"},
+                {"@SEGMENT": "1", "MSGFN": "005", "PARNR": "0000004712", "NAMEV": "Jörg", "NAME1": "Weber"}
+            ])
+        );
+        assert_eq!(
+            kna1["E1KNB1M"],
+            json!({"@SEGMENT": "1", "MSGFN": "005", "BUKRS": "1010", "AKONT": "0012100000"})
+        );
+        let second = record(&items[1]);
+        assert_eq!(second.origin.line, Some(44));
+        assert_eq!(second.origin.index, 1);
+        assert_eq!(second.value["E1KNA1M"]["NAME1"], "Tradingpartner AT <Wien>");
+    }
+
+    #[test]
+    fn leading_slash_in_the_path_is_optional_and_a_root_record_works() {
+        assert_eq!(parse(&fixture(), "/DEBMAS07/IDOC").len(), 2);
+        let items = parse(b"<Order id=\"7\">text<Line/></Order>", "Order");
+        assert_eq!(record(&items[0]).value, json!({"@id": "7", "Line": "", "#text": "text"}));
+    }
+
+    #[test]
+    fn text_rules_trim_and_mixed_content() {
+        let items = parse(
+            b"<r><x a=\"1\">  hello  </x><y>   </y><z><![CDATA[<raw> & ]]></z><w>1<v/>2</w></r>",
+            "r",
+        );
+        assert_eq!(
+            record(&items[0]).value,
+            json!({"x": {"@a": "1", "#text": "hello"}, "y": "", "z": "<raw> &", "w": {"v": "", "#text": "12"}})
+        );
+    }
+
+    #[test]
+    fn namespace_prefixes_are_kept_as_written() {
+        let document = br#"<ns0:Orders xmlns:ns0="urn:x"><ns0:Order><ns0:Id>1</ns0:Id></ns0:Order><ns0:Order><ns0:Id>2</ns0:Id></ns0:Order></ns0:Orders>"#;
+        let items = parse(document, "ns0:Orders/ns0:Order");
+        assert_eq!(items.len(), 2);
+        assert_eq!(record(&items[1]).value, json!({"ns0:Id": "2"}));
+    }
+
+    #[test]
+    fn records_only_match_the_full_path() {
+        let document = b"<A><IDOC><n>1</n></IDOC><B><IDOC><n>2</n></IDOC></B><IDOC><n>3</n></IDOC></A>";
+        let items = parse(document, "A/IDOC");
+        let numbers: Vec<_> = items.iter().map(|i| record(i).value["n"].clone()).collect();
+        assert_eq!(numbers, vec![json!("1"), json!("3")]);
+        assert_eq!(parse(document, "A/B/IDOC").len(), 1);
+    }
+
+    #[test]
+    fn file_cut_off_mid_element_yields_completed_records_then_the_partial_one() {
+        let document = fixture();
+        let text = String::from_utf8(document).unwrap();
+        let cut = text.find("<NAME1>Tradingpartner").unwrap() + 10;
+        let items = parse(&text.as_bytes()[..cut], "DEBMAS07/IDOC");
+        assert_eq!(items.len(), 2);
+        assert_eq!(record(&items[0]).value["E1KNA1M"]["KUNNR"], "0010034884");
+        let partial = broken(&items[1]);
+        assert_eq!(partial.reason, "unexpected end of file inside <IDOC> started at line 44");
+        assert_eq!(partial.origin.line, Some(44));
+        assert!(partial.raw.starts_with("<IDOC BEGIN=\"1\">"), "{}", partial.raw);
+        assert!(partial.raw.ends_with("<NAME1>Tra"), "{}", partial.raw);
+        // Cut inside a tag is the same end of input.
+        let cut = text.find("<LAND1>AT").unwrap() + 4;
+        let items = parse(&text.as_bytes()[..cut], "DEBMAS07/IDOC");
+        assert_eq!(
+            broken(&items[1]).reason,
+            "unexpected end of file inside <IDOC> started at line 44"
+        );
+    }
+
+    #[test]
+    fn file_cut_off_between_records_is_reported() {
+        let items = parse(b"<A>\n<R>1</R>\n<R>2</R>\n", "A/R");
+        assert_eq!(items.len(), 3);
+        assert_eq!(
+            broken(&items[2]).reason,
+            "unexpected end of file inside <A>: the document is incomplete"
+        );
+    }
+
+    #[test]
+    fn malformed_xml_stops_the_document_after_one_broken_item() {
+        let document = b"<A>\n<R><x>1</x></R>\n<R><x>2</y></R>\n<R><x>3</x></R>\n</A>\n";
+        let items = parse(document, "A/R");
+        assert_eq!(items.len(), 2);
+        assert_eq!(record(&items[0]).value, json!({"x": "1"}));
+        let bad = broken(&items[1]);
+        assert_eq!(
+            bad.reason,
+            "line 3: malformed XML: ill-formed document: expected `</x>`, but `</y>` was found; \
+             the rest of the file is not read because XML cannot be resynchronised after an error"
+        );
+        assert_eq!(bad.origin.line, Some(3));
+        assert_eq!(bad.raw, "<R><x>2</y>");
+    }
+
+    #[test]
+    fn external_entity_is_never_expanded() {
+        let document = br#"<?xml version="1.0"?>
+<!DOCTYPE DEBMAS07 [ <!ENTITY xxe SYSTEM "file:///etc/passwd"> ]>
+<DEBMAS07>
+<IDOC><NAME1>&xxe;</NAME1></IDOC>
+<IDOC><NAME1>safe</NAME1></IDOC>
+</DEBMAS07>"#;
+        let items = parse(document, "DEBMAS07/IDOC");
+        assert_eq!(items.len(), 2);
+        let bad = broken(&items[0]);
+        assert_eq!(
+            bad.reason,
+            "<IDOC>: reference to entity &xxe; is not expanded: only the predefined XML \
+             entities and character references are allowed"
+        );
+        assert_eq!(bad.raw, "<IDOC><NAME1>&xxe;</NAME1></IDOC>");
+        assert!(!format!("{items:?}").contains("root:"));
+        assert_eq!(record(&items[1]).value, json!({"NAME1": "safe"}));
+    }
+
+    #[test]
+    fn entity_bomb_is_never_expanded() {
+        let mut document = String::from("<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [\n<!ENTITY lol \"lol\">\n");
+        for level in 1..10 {
+            let previous = if level == 1 { "lol".to_string() } else { format!("lol{}", level - 1) };
+            let body = format!("&{previous};").repeat(10);
+            document.push_str(&format!("<!ENTITY lol{level} \"{body}\">\n"));
+        }
+        document.push_str("]>\n<lolz><r a=\"&lol9;\"/><r>&lol9;</r><r>ok</r></lolz>");
+        let items = parse(document.as_bytes(), "lolz/r");
+        assert_eq!(items.len(), 3);
+        assert_eq!(
+            broken(&items[0]).reason,
+            "<r>: reference to entity &lol9; is not expanded: only the predefined XML \
+             entities and character references are allowed"
+        );
+        assert_eq!(
+            broken(&items[1]).reason,
+            "<r>: reference to entity &lol9; is not expanded: only the predefined XML \
+             entities and character references are allowed"
+        );
+        assert_eq!(record(&items[2]).value, json!("ok"));
+    }
+
+    #[test]
+    fn predefined_and_character_references_are_decoded() {
+        let items = parse(b"<r a=\"&quot;x&quot; &#252;\">&lt;&amp;&gt;&apos;&#252;&#xFC;</r>", "r");
+        assert_eq!(record(&items[0]).value, json!({"@a": "\"x\" ü", "#text": "<&>'üü"}));
+    }
+
+    #[test]
+    fn declared_iso_8859_1_is_decoded() {
+        let items = parse(
+            b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>\n<A><R n=\"K\xF6ln\">M\xFCller</R></A>",
+            "A/R",
+        );
+        assert_eq!(record(&items[0]).value, json!({"@n": "Köln", "#text": "Müller"}));
+        assert_eq!(record(&items[0]).origin.line, Some(2));
+    }
+
+    #[test]
+    fn default_encoding_applies_without_a_declaration() {
+        let items: Vec<_> = XmlRecords::with_default_encoding(
+            &b"<A><R>M\xFCller</R></A>"[..],
+            "A/R",
+            "in.xml",
+            encoding_rs::WINDOWS_1252,
+        )
+        .collect::<io::Result<_>>()
+        .unwrap();
+        assert_eq!(record(&items[0]).value, json!("Müller"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed() {
+        let items = parse(b"<A><R>M\xFCller</R></A>", "A/R");
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            broken(&items[0]).reason,
+            "line 1: malformed XML: cannot decode input using UTF-8: invalid utf-8 sequence of \
+             1 bytes from index 1; the rest of the file is not read because XML cannot be \
+             resynchronised after an error"
+        );
+    }
+
+    #[test]
+    fn oversized_record_is_broken_and_reading_resumes() {
+        let document = format!("<A><R>{}</R><R>small</R></A>", "<x>0123456789</x>".repeat(20));
+        let mut records = parse_xml_records(document.as_bytes(), "A/R", "in.xml");
+        records.max_record_bytes = 100;
+        let items: Vec<_> = records.collect::<io::Result<_>>().unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(broken(&items[0]).reason, "<R>: the record is larger than 100 bytes");
+        assert_eq!(record(&items[1]).value, json!("small"));
+    }
+
+    #[test]
+    fn unsupported_declared_encoding_is_reported() {
+        let items = parse(b"<?xml version=\"1.0\" encoding=\"UTF-16\"?><A/>", "A/R");
+        assert_eq!(
+            broken(&items[0]).reason,
+            "the document declares encoding \"UTF-16\", which is not supported \
+             (UTF-8, ISO-8859-1 and windows-1252 are)"
+        );
+    }
+
+    #[test]
+    fn wrong_root_is_reported() {
+        let items = parse(&fixture(), "MATMAS05/IDOC");
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            broken(&items[0]).reason,
+            "the root element is <DEBMAS07>, but the records path \"MATMAS05/IDOC\" starts at <MATMAS05>"
+        );
+    }
+
+    #[test]
+    fn excessive_nesting_is_a_broken_record_and_reading_resumes() {
+        let deep = format!("{}{}", "<d>".repeat(300), "</d>".repeat(300));
+        let document = format!("<A><R>{deep}</R><R>after</R></A>");
+        let items = parse(document.as_bytes(), "A/R");
+        assert_eq!(items.len(), 2);
+        assert_eq!(broken(&items[0]).reason, "<R>: elements nest deeper than 256 levels");
+        assert_eq!(record(&items[1]).value, json!("after"));
+    }
+
+    #[test]
+    fn empty_document_has_no_records() {
+        assert!(parse(b"", "A/R").is_empty());
+        assert!(parse(b"<?xml version=\"1.0\"?>\n<A></A>\n", "A/R").is_empty());
     }
 }
