@@ -646,3 +646,394 @@ impl Source for FileSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{BrokenRecord, RawRecord};
+    use serde_json::json;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/files")
+            .join(name)
+    }
+
+    fn record(item: &RawItem) -> &RawRecord {
+        match item {
+            RawItem::Record(record) => record,
+            RawItem::Broken(broken) => panic!("unexpected broken item: {broken:?}"),
+        }
+    }
+
+    fn broken(item: &RawItem) -> &BrokenRecord {
+        match item {
+            RawItem::Broken(broken) => broken,
+            RawItem::Record(record) => panic!("unexpected record: {record:?}"),
+        }
+    }
+
+    fn csv_settings(batch_size: usize) -> FileStreamSettings {
+        let mut settings = FileStreamSettings::new(FileFormat::Csv);
+        settings.batch_size = batch_size;
+        settings
+    }
+
+    fn write(dir: &Path, relative: &str, content: &str) {
+        let path = dir.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    async fn drain(source: &mut FileSource) -> Vec<Batch> {
+        let mut batches = Vec::new();
+        while let Some(batch) = source.next_batch().await.unwrap() {
+            batches.push(batch);
+        }
+        batches
+    }
+
+    fn done(batch: &Batch) -> Option<&IngestedFile> {
+        match &batch.checkpoint {
+            Checkpoint::FileDone(file) => Some(file),
+            Checkpoint::None => None,
+        }
+    }
+
+    #[test]
+    fn patterns_that_leave_the_directory_are_rejected() {
+        assert_eq!(check_pattern("*.csv"), Ok(()));
+        assert_eq!(check_pattern("in/**/*.xml"), Ok(()));
+        assert_eq!(
+            check_pattern("../*.csv"),
+            Err("file pattern \"../*.csv\" contains `..`; it must stay inside the connector directory".to_string())
+        );
+        assert_eq!(
+            check_pattern("in/../../x.csv"),
+            Err("file pattern \"in/../../x.csv\" contains `..`; it must stay inside the connector directory".to_string())
+        );
+        assert_eq!(
+            check_pattern("/etc/*.csv"),
+            Err("file pattern \"/etc/*.csv\" is absolute; it must be relative to the connector directory".to_string())
+        );
+        assert_eq!(
+            check_pattern("C:\\data\\*.csv"),
+            Err("file pattern \"C:\\\\data\\\\*.csv\" is absolute; it must be relative to the connector directory".to_string())
+        );
+        assert_eq!(check_pattern(""), Err("file pattern is empty".to_string()));
+        assert_eq!(
+            check_pattern("[a.csv"),
+            Err("file pattern \"[a.csv\" is not a valid glob: error parsing glob '[a.csv': unclosed character class; missing ']'".to_string())
+        );
+    }
+
+    #[test]
+    fn format_and_encoding_names() {
+        assert_eq!(FileFormat::parse("ndjson"), Some(FileFormat::Ndjson));
+        assert_eq!(FileFormat::parse("tsv"), None);
+        assert_eq!(TextEncoding::parse("UTF-8"), Some(TextEncoding::Utf8));
+        assert_eq!(TextEncoding::parse("cp1252"), Some(TextEncoding::Windows1252));
+        assert_eq!(TextEncoding::parse("latin1"), Some(TextEncoding::Windows1252));
+        assert_eq!(TextEncoding::parse("ebcdic"), None);
+    }
+
+    #[test]
+    fn missing_directory_is_an_io_error_naming_it() {
+        let error = FileSource::new(
+            PathBuf::from("/nonexistent/conflux-drop"),
+            None,
+            "*.csv",
+            csv_settings(10),
+            Vec::new(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            error.to_string(),
+            "/nonexistent/conflux-drop: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn escaping_pattern_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = FileSource::new(dir.path().into(), None, "../*", csv_settings(10), Vec::new())
+            .err()
+            .unwrap();
+        assert!(matches!(error, SourceError::Config(_)));
+    }
+
+    #[test]
+    fn files_are_listed_sorted_and_recursively_only_when_the_pattern_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.csv", "a.csv", "c.txt", "sub/d.csv", "sub/deeper/e.csv"] {
+            write(dir.path(), name, "x\n");
+        }
+        let flat =
+            FileSource::new(dir.path().into(), None, "*.csv", csv_settings(10), Vec::new()).unwrap();
+        assert_eq!(flat.pending_files(), vec!["a.csv", "b.csv"]);
+        let deep =
+            FileSource::new(dir.path().into(), None, "**/*.csv", csv_settings(10), Vec::new())
+                .unwrap();
+        assert_eq!(
+            deep.pending_files(),
+            vec!["a.csv", "b.csv", "sub/d.csv", "sub/deeper/e.csv"]
+        );
+        let one_level =
+            FileSource::new(dir.path().into(), None, "sub/*.csv", csv_settings(10), Vec::new())
+                .unwrap();
+        assert_eq!(one_level.pending_files(), vec!["sub/d.csv"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_escaping_the_directory_are_skipped() {
+        let outside = tempfile::tempdir().unwrap();
+        write(outside.path(), "secret.csv", "a\n1\n");
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "real.csv", "a\n1\n");
+        std::os::unix::fs::symlink(outside.path().join("secret.csv"), dir.path().join("link.csv"))
+            .unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real.csv"), dir.path().join("inner.csv"))
+            .unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+        let source =
+            FileSource::new(dir.path().into(), None, "**/*.csv", csv_settings(10), Vec::new())
+                .unwrap();
+        assert_eq!(source.pending_files(), vec!["inner.csv", "real.csv"]);
+    }
+
+    #[tokio::test]
+    async fn batches_hold_batch_size_items_and_only_the_last_of_a_file_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.csv", "id\n1\n2\n3\n4\n5\n");
+        write(dir.path(), "b.csv", "id\n6\n7\n");
+        write(dir.path(), "c.csv", "");
+        let mut source =
+            FileSource::new(dir.path().into(), None, "*.csv", csv_settings(2), Vec::new()).unwrap();
+        let batches = drain(&mut source).await;
+        let shape: Vec<_> = batches
+            .iter()
+            .map(|b| (b.items.len(), done(b).map(|f| f.path.as_str())))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (2, None),
+                (2, None),
+                (1, Some("a.csv")),
+                (2, Some("b.csv")),
+                (0, Some("c.csv")),
+            ]
+        );
+        let ids: Vec<_> = batches
+            .iter()
+            .flat_map(|b| b.items.iter().map(|i| record(i).value["id"].clone()))
+            .collect();
+        assert_eq!(ids, (1..=7).map(|n| json!(n.to_string())).collect::<Vec<_>>());
+        let last_of_a = record(&batches[2].items[0]);
+        assert_eq!(last_of_a.origin.location, "a.csv");
+        assert_eq!(last_of_a.origin.line, Some(6));
+        assert_eq!(last_of_a.origin.index, 4);
+        let empty = done(&batches[4]).unwrap();
+        assert_eq!(empty.size, 0);
+        assert_eq!(empty.hash, blake3::hash(b"").to_hex().to_string());
+    }
+
+    #[tokio::test]
+    async fn ingested_files_are_skipped_and_replaced_files_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.csv", "id\n1\n");
+        write(dir.path(), "b.csv", "id\n2\n");
+        let mut first =
+            FileSource::new(dir.path().into(), None, "*.csv", csv_settings(10), Vec::new()).unwrap();
+        let ingested: Vec<IngestedFile> = drain(&mut first)
+            .await
+            .iter()
+            .filter_map(|b| done(b).cloned())
+            .collect();
+        assert_eq!(ingested.len(), 2);
+        assert_eq!(ingested[0].size, 5);
+        assert_eq!(ingested[0].hash, blake3::hash(b"id\n1\n").to_hex().to_string());
+
+        let mut again =
+            FileSource::new(dir.path().into(), None, "*.csv", csv_settings(10), ingested.clone())
+                .unwrap();
+        assert!(drain(&mut again).await.is_empty());
+
+        write(dir.path(), "b.csv", "id\n3\n");
+        let mut replaced =
+            FileSource::new(dir.path().into(), None, "*.csv", csv_settings(10), ingested).unwrap();
+        let batches = drain(&mut replaced).await;
+        assert_eq!(batches.len(), 1);
+        assert_eq!(done(&batches[0]).unwrap().path, "b.csv");
+        assert_eq!(record(&batches[0].items[0]).value, json!({"id": "3"}));
+    }
+
+    #[tokio::test]
+    async fn acknowledge_archives_keeping_the_relative_path_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive_dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "in/orders.csv", "id\n1\n");
+        write(archive_dir.path(), "in/orders.csv", "older\n");
+        write(archive_dir.path(), "in/orders.1.csv", "oldest\n");
+        let mut source = FileSource::new(
+            dir.path().into(),
+            Some(archive_dir.path().into()),
+            "in/*.csv",
+            csv_settings(10),
+            Vec::new(),
+        )
+        .unwrap();
+        let batch = source.next_batch().await.unwrap().unwrap();
+        assert!(dir.path().join("in/orders.csv").exists());
+        source.acknowledge(&Checkpoint::None).await.unwrap();
+        assert!(dir.path().join("in/orders.csv").exists());
+        source.acknowledge(&batch.checkpoint).await.unwrap();
+        assert!(!dir.path().join("in/orders.csv").exists());
+        let archived = std::fs::read_to_string(archive_dir.path().join("in/orders.2.csv")).unwrap();
+        assert_eq!(archived, "id\n1\n");
+        assert_eq!(
+            std::fs::read_to_string(archive_dir.path().join("in/orders.csv")).unwrap(),
+            "older\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_archive_dir_acknowledge_leaves_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.csv", "id\n1\n");
+        let mut source =
+            FileSource::new(dir.path().into(), None, "*.csv", csv_settings(10), Vec::new()).unwrap();
+        let batch = source.next_batch().await.unwrap().unwrap();
+        source.acknowledge(&batch.checkpoint).await.unwrap();
+        assert!(dir.path().join("a.csv").exists());
+    }
+
+    #[tokio::test]
+    async fn ndjson_and_xml_streams_flow_through_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.ndjson", "{\"id\":1}\nnot json\n{\"id\":2}\n");
+        let mut settings = FileStreamSettings::new(FileFormat::Ndjson);
+        settings.batch_size = 2;
+        let mut source =
+            FileSource::new(dir.path().into(), None, "*.ndjson", settings, Vec::new()).unwrap();
+        let batches = drain(&mut source).await;
+        assert_eq!(batches.len(), 2);
+        assert_eq!(
+            broken(&batches[0].items[1]).reason,
+            "line 2 column 2: expected ident"
+        );
+        assert_eq!(broken(&batches[0].items[1]).origin.location, "a.ndjson");
+        assert_eq!(record(&batches[1].items[0]).value, json!({"id": 2}));
+
+        std::fs::copy(fixture("debmas07.xml"), dir.path().join("debmas.xml")).unwrap();
+        let mut settings = FileStreamSettings::new(FileFormat::Xml);
+        settings.records = Some("DEBMAS07/IDOC".to_string());
+        settings.batch_size = 1;
+        let mut source =
+            FileSource::new(dir.path().into(), None, "*.xml", settings, Vec::new()).unwrap();
+        let batches = drain(&mut source).await;
+        assert_eq!(batches.len(), 2);
+        assert!(done(&batches[0]).is_none());
+        assert_eq!(done(&batches[1]).unwrap().path, "debmas.xml");
+        assert_eq!(
+            record(&batches[1].items[0]).value["E1KNA1M"]["KUNNR"],
+            "0010034885"
+        );
+    }
+
+    #[test]
+    fn xml_without_records_path_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = FileSource::new(
+            dir.path().into(),
+            None,
+            "*.xml",
+            FileStreamSettings::new(FileFormat::Xml),
+            Vec::new(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            error.to_string(),
+            "XML files need a records path such as \"DEBMAS07/IDOC\""
+        );
+    }
+
+    #[test]
+    fn read_file_parses_csv_fixtures() {
+        let mut settings = FileStreamSettings::new(FileFormat::Csv);
+        settings.delimiter = b';';
+        let items = read_file(&fixture("customers_semicolon.csv"), &settings).unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            record(&items[0]).value,
+            json!({"KUNNR": "0010034884", "NAME1": "Müller; Söhne GmbH", "ORT01": "München", "LAND1": "DE"})
+        );
+        assert_eq!(record(&items[1]).value["NAME1"], "Tradingpartner \"AT\"");
+        assert!(record(&items[1]).origin.location.ends_with("customers_semicolon.csv"));
+
+        settings.encoding = TextEncoding::Windows1252;
+        let items = read_file(&fixture("customers_cp1252.csv"), &settings).unwrap();
+        assert_eq!(
+            record(&items[0]).value,
+            json!({"KUNNR": "0010034886", "NAME1": "Jürgen Weiß", "ORT01": "Köln"})
+        );
+    }
+
+    #[test]
+    fn read_file_of_a_missing_file_names_it() {
+        let error = read_file(
+            Path::new("/nonexistent/x.csv"),
+            &FileStreamSettings::new(FileFormat::Csv),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "/nonexistent/x.csv: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn decoding_reader_decodes_across_chunk_boundaries() {
+        // Every byte becomes two UTF-8 bytes, so the 16 KiB output buffer fills many times.
+        let input = vec![0xFCu8; 50_000];
+        let mut decoded = String::new();
+        DecodingReader::new(&input[..], encoding_rs::WINDOWS_1252)
+            .read_to_string(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded.chars().count(), 50_000);
+        assert!(decoded.chars().all(|c| c == 'ü'));
+    }
+
+    #[test]
+    fn decoding_reader_honours_byte_order_marks() {
+        let mut text = String::new();
+        DecodingReader::new(&b"\xEF\xBB\xBFabc"[..], encoding_rs::WINDOWS_1252)
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "abc");
+        let mut text = String::new();
+        DecodingReader::new(&b"\xFF\xFEa\x00\xFC\x00"[..], encoding_rs::UTF_8)
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "aü");
+    }
+
+    #[test]
+    fn tracking_reader_counts_lines_and_caps_the_capture() {
+        let input = format!("a\nb\n{}", "x".repeat(RAW_CAP + 10));
+        let mut reader = TrackingReader::new(BufReader::with_capacity(7, input.as_bytes()));
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(reader.line(), 2);
+        reader.mark();
+        let mut rest = String::new();
+        reader.read_to_string(&mut rest).unwrap();
+        assert_eq!(reader.line(), 3);
+        assert_eq!(reader.since_mark(), (RAW_CAP + 12) as u64);
+        assert_eq!(reader.captured().len(), RAW_CAP);
+        assert!(reader.captured().starts_with(b"b\nxxx"));
+    }
+}
