@@ -62,10 +62,7 @@ impl<R: BufRead> CsvRecords<R> {
     }
 
     fn raw_row(&self, row: &::csv::ByteRecord) -> String {
-        let joined = row
-            .iter()
-            .collect::<Vec<_>>()
-            .join(&[self.delimiter][..]);
+        let joined = row.iter().collect::<Vec<_>>().join(&[self.delimiter][..]);
         capped_raw(&joined)
     }
 
@@ -237,7 +234,10 @@ mod tests {
         assert_eq!(first.origin.line, Some(2));
         assert_eq!(first.origin.index, 0);
         let second = record(&items[1]);
-        assert_eq!(second.value, serde_json::json!({"id": "2", "name": "Acme", "note": ""}));
+        assert_eq!(
+            second.value,
+            serde_json::json!({"id": "2", "name": "Acme", "note": ""})
+        );
         assert_eq!(second.origin.line, Some(4));
         assert_eq!(second.origin.index, 1);
     }
@@ -247,7 +247,10 @@ mod tests {
         let mut settings = FileStreamSettings::new(FileFormat::Csv);
         settings.quote = b'\'';
         let items = parse(b"a,b\n'x,y',z\n", &settings);
-        assert_eq!(record(&items[0]).value, serde_json::json!({"a": "x,y", "b": "z"}));
+        assert_eq!(
+            record(&items[0]).value,
+            serde_json::json!({"a": "x,y", "b": "z"})
+        );
     }
 
     #[test]
@@ -265,13 +268,19 @@ mod tests {
     fn utf8_bom_is_stripped_from_the_first_column_name() {
         let settings = FileStreamSettings::new(FileFormat::Csv);
         let items = parse(b"\xEF\xBB\xBFid,name\n1,A\n", &settings);
-        assert_eq!(record(&items[0]).value, serde_json::json!({"id": "1", "name": "A"}));
+        assert_eq!(
+            record(&items[0]).value,
+            serde_json::json!({"id": "1", "name": "A"})
+        );
     }
 
     #[test]
     fn a_short_row_is_quarantined_and_the_rest_flow() {
         let settings = FileStreamSettings::new(FileFormat::Csv);
-        let items = parse(b"a,b,c,d,e\n1,2,3,4,5\n6,7,8,9,10\n11,12,13\n14,15,16,17,18\n", &settings);
+        let items = parse(
+            b"a,b,c,d,e\n1,2,3,4,5\n6,7,8,9,10\n11,12,13\n14,15,16,17,18\n",
+            &settings,
+        );
         assert_eq!(items.len(), 4);
         let bad = broken(&items[2]);
         assert_eq!(bad.reason, "line 4: expected 5 fields, found 3");

@@ -65,7 +65,8 @@ pub enum TextEncoding {
 }
 
 impl TextEncoding {
-    pub const NAMES: [&'static str; 5] = ["utf-8", "windows-1252", "cp1252", "latin1", "iso-8859-1"];
+    pub const NAMES: [&'static str; 5] =
+        ["utf-8", "windows-1252", "cp1252", "latin1", "iso-8859-1"];
 
     /// Case-insensitive. `latin1` and `iso-8859-1` mean Windows-1252, as in every browser and
     /// in `encoding_rs`: real "Latin-1" exports are almost always Windows-1252 in practice.
@@ -406,7 +407,10 @@ impl FileSource {
             ));
         }
         if settings.format == FileFormat::Xml
-            && settings.records.as_deref().is_none_or(|path| path.trim_matches('/').is_empty())
+            && settings
+                .records
+                .as_deref()
+                .is_none_or(|path| path.trim_matches('/').is_empty())
         {
             return Err(SourceError::Config(
                 "XML files need a records path such as \"DEBMAS07/IDOC\"".to_string(),
@@ -732,8 +736,14 @@ mod tests {
         assert_eq!(FileFormat::parse("ndjson"), Some(FileFormat::Ndjson));
         assert_eq!(FileFormat::parse("tsv"), None);
         assert_eq!(TextEncoding::parse("UTF-8"), Some(TextEncoding::Utf8));
-        assert_eq!(TextEncoding::parse("cp1252"), Some(TextEncoding::Windows1252));
-        assert_eq!(TextEncoding::parse("latin1"), Some(TextEncoding::Windows1252));
+        assert_eq!(
+            TextEncoding::parse("cp1252"),
+            Some(TextEncoding::Windows1252)
+        );
+        assert_eq!(
+            TextEncoding::parse("latin1"),
+            Some(TextEncoding::Windows1252)
+        );
         assert_eq!(TextEncoding::parse("ebcdic"), None);
     }
 
@@ -757,9 +767,15 @@ mod tests {
     #[test]
     fn escaping_pattern_is_a_config_error() {
         let dir = tempfile::tempdir().unwrap();
-        let error = FileSource::new(dir.path().into(), None, "../*", csv_settings(10), Vec::new())
-            .err()
-            .unwrap();
+        let error = FileSource::new(
+            dir.path().into(),
+            None,
+            "../*",
+            csv_settings(10),
+            Vec::new(),
+        )
+        .err()
+        .unwrap();
         assert!(matches!(error, SourceError::Config(_)));
     }
 
@@ -769,19 +785,35 @@ mod tests {
         for name in ["b.csv", "a.csv", "c.txt", "sub/d.csv", "sub/deeper/e.csv"] {
             write(dir.path(), name, "x\n");
         }
-        let flat =
-            FileSource::new(dir.path().into(), None, "*.csv", csv_settings(10), Vec::new()).unwrap();
+        let flat = FileSource::new(
+            dir.path().into(),
+            None,
+            "*.csv",
+            csv_settings(10),
+            Vec::new(),
+        )
+        .unwrap();
         assert_eq!(flat.pending_files(), vec!["a.csv", "b.csv"]);
-        let deep =
-            FileSource::new(dir.path().into(), None, "**/*.csv", csv_settings(10), Vec::new())
-                .unwrap();
+        let deep = FileSource::new(
+            dir.path().into(),
+            None,
+            "**/*.csv",
+            csv_settings(10),
+            Vec::new(),
+        )
+        .unwrap();
         assert_eq!(
             deep.pending_files(),
             vec!["a.csv", "b.csv", "sub/d.csv", "sub/deeper/e.csv"]
         );
-        let one_level =
-            FileSource::new(dir.path().into(), None, "sub/*.csv", csv_settings(10), Vec::new())
-                .unwrap();
+        let one_level = FileSource::new(
+            dir.path().into(),
+            None,
+            "sub/*.csv",
+            csv_settings(10),
+            Vec::new(),
+        )
+        .unwrap();
         assert_eq!(one_level.pending_files(), vec!["sub/d.csv"]);
     }
 
@@ -792,14 +824,22 @@ mod tests {
         write(outside.path(), "secret.csv", "a\n1\n");
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "real.csv", "a\n1\n");
-        std::os::unix::fs::symlink(outside.path().join("secret.csv"), dir.path().join("link.csv"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.csv"),
+            dir.path().join("link.csv"),
+        )
+        .unwrap();
         std::os::unix::fs::symlink(dir.path().join("real.csv"), dir.path().join("inner.csv"))
             .unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
-        let source =
-            FileSource::new(dir.path().into(), None, "**/*.csv", csv_settings(10), Vec::new())
-                .unwrap();
+        let source = FileSource::new(
+            dir.path().into(),
+            None,
+            "**/*.csv",
+            csv_settings(10),
+            Vec::new(),
+        )
+        .unwrap();
         assert_eq!(source.pending_files(), vec!["inner.csv", "real.csv"]);
     }
 
@@ -809,8 +849,14 @@ mod tests {
         write(dir.path(), "a.csv", "id\n1\n2\n3\n4\n5\n");
         write(dir.path(), "b.csv", "id\n6\n7\n");
         write(dir.path(), "c.csv", "");
-        let mut source =
-            FileSource::new(dir.path().into(), None, "*.csv", csv_settings(2), Vec::new()).unwrap();
+        let mut source = FileSource::new(
+            dir.path().into(),
+            None,
+            "*.csv",
+            csv_settings(2),
+            Vec::new(),
+        )
+        .unwrap();
         let batches = drain(&mut source).await;
         let shape: Vec<_> = batches
             .iter()
@@ -830,7 +876,10 @@ mod tests {
             .iter()
             .flat_map(|b| b.items.iter().map(|i| record(i).value["id"].clone()))
             .collect();
-        assert_eq!(ids, (1..=7).map(|n| json!(n.to_string())).collect::<Vec<_>>());
+        assert_eq!(
+            ids,
+            (1..=7).map(|n| json!(n.to_string())).collect::<Vec<_>>()
+        );
         let last_of_a = record(&batches[2].items[0]);
         assert_eq!(last_of_a.origin.location, "a.csv");
         assert_eq!(last_of_a.origin.line, Some(6));
@@ -845,8 +894,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a.csv", "id\n1\n");
         write(dir.path(), "b.csv", "id\n2\n");
-        let mut first =
-            FileSource::new(dir.path().into(), None, "*.csv", csv_settings(10), Vec::new()).unwrap();
+        let mut first = FileSource::new(
+            dir.path().into(),
+            None,
+            "*.csv",
+            csv_settings(10),
+            Vec::new(),
+        )
+        .unwrap();
         let ingested: Vec<IngestedFile> = drain(&mut first)
             .await
             .iter()
@@ -854,11 +909,19 @@ mod tests {
             .collect();
         assert_eq!(ingested.len(), 2);
         assert_eq!(ingested[0].size, 5);
-        assert_eq!(ingested[0].hash, blake3::hash(b"id\n1\n").to_hex().to_string());
+        assert_eq!(
+            ingested[0].hash,
+            blake3::hash(b"id\n1\n").to_hex().to_string()
+        );
 
-        let mut again =
-            FileSource::new(dir.path().into(), None, "*.csv", csv_settings(10), ingested.clone())
-                .unwrap();
+        let mut again = FileSource::new(
+            dir.path().into(),
+            None,
+            "*.csv",
+            csv_settings(10),
+            ingested.clone(),
+        )
+        .unwrap();
         assert!(drain(&mut again).await.is_empty());
 
         write(dir.path(), "b.csv", "id\n3\n");
@@ -903,8 +966,14 @@ mod tests {
     async fn without_archive_dir_acknowledge_leaves_the_file() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a.csv", "id\n1\n");
-        let mut source =
-            FileSource::new(dir.path().into(), None, "*.csv", csv_settings(10), Vec::new()).unwrap();
+        let mut source = FileSource::new(
+            dir.path().into(),
+            None,
+            "*.csv",
+            csv_settings(10),
+            Vec::new(),
+        )
+        .unwrap();
         let batch = source.next_batch().await.unwrap().unwrap();
         source.acknowledge(&batch.checkpoint).await.unwrap();
         assert!(dir.path().join("a.csv").exists());
@@ -972,7 +1041,12 @@ mod tests {
             json!({"KUNNR": "0010034884", "NAME1": "Müller; Söhne GmbH", "ORT01": "München", "LAND1": "DE"})
         );
         assert_eq!(record(&items[1]).value["NAME1"], "Tradingpartner \"AT\"");
-        assert!(record(&items[1]).origin.location.ends_with("customers_semicolon.csv"));
+        assert!(
+            record(&items[1])
+                .origin
+                .location
+                .ends_with("customers_semicolon.csv")
+        );
 
         settings.encoding = TextEncoding::Windows1252;
         let items = read_file(&fixture("customers_cp1252.csv"), &settings).unwrap();

@@ -231,7 +231,10 @@ fn read_document<R: BufRead>(
             capped_raw(other.to_string().as_bytes()),
             format!(
                 "{} holds {}, not an array or object of records",
-                records.map_or_else(|| "the document".to_string(), |p| format!("records path {p:?}")),
+                records.map_or_else(
+                    || "the document".to_string(),
+                    |p| format!("records path {p:?}")
+                ),
                 kind(&other)
             ),
         )],
@@ -260,9 +263,9 @@ fn select(document: Value, path: &str) -> Result<Value, String> {
             format!("{walked:?}")
         };
         current = match current {
-            Value::Object(mut object) => object.remove(key).ok_or_else(|| {
-                format!("records path {path:?}: {here} has no key {key:?}")
-            })?,
+            Value::Object(mut object) => object
+                .remove(key)
+                .ok_or_else(|| format!("records path {path:?}: {here} has no key {key:?}"))?,
             other => {
                 return Err(format!(
                     "records path {path:?}: {here} is {}, not an object",
@@ -335,7 +338,10 @@ mod tests {
         let input = br#"{"d": {"results": [{"BusinessPartner": "1000042"}, {"BusinessPartner": "1000043"}], "__next": "x"}}"#;
         let items = json(input, Some("d.results"));
         assert_eq!(items.len(), 2);
-        assert_eq!(record(&items[1]).value, serde_json::json!({"BusinessPartner": "1000043"}));
+        assert_eq!(
+            record(&items[1]).value,
+            serde_json::json!({"BusinessPartner": "1000043"})
+        );
         assert_eq!(record(&items[1]).origin.index, 1);
         assert_eq!(record(&items[1]).origin.line, None);
     }

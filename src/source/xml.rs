@@ -286,9 +286,9 @@ impl<R: BufRead> XmlRecords<R> {
                     Some((record, start)) => {
                         format!("unexpected end of file inside <{record}> started at line {start}")
                     }
-                    None => format!(
-                        "unexpected end of file at line {line}: the document is incomplete"
-                    ),
+                    None => {
+                        format!("unexpected end of file at line {line}: the document is incomplete")
+                    }
                 };
                 Ok(self.fatal(inside.map(|(_, start)| start).or(Some(line)), reason))
             }
@@ -418,12 +418,13 @@ impl<R: BufRead> XmlRecords<R> {
                 }
                 Event::End(_) => {
                     depth -= 1;
-                    if problem.is_none() && depth > 0 {
-                        if let Some(frame) = stack.pop() {
-                            if let Some(parent) = stack.last_mut() {
-                                parent.attach(frame.name.clone(), frame.into_value());
-                            }
-                        }
+                    // The record's own frame stays on the stack to become the record.
+                    if problem.is_none()
+                        && depth > 0
+                        && let Some(frame) = stack.pop()
+                        && let Some(parent) = stack.last_mut()
+                    {
+                        parent.attach(frame.name.clone(), frame.into_value());
                     }
                 }
                 Event::Text(text) => {
@@ -453,8 +454,9 @@ impl<R: BufRead> XmlRecords<R> {
                     }
                 }
                 Event::Eof => {
-                    let reason =
-                        format!("unexpected end of file inside <{record_name}> started at line {line}");
+                    let reason = format!(
+                        "unexpected end of file inside <{record_name}> started at line {line}"
+                    );
                     return Ok(self.fatal(Some(line), reason));
                 }
                 Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
@@ -521,7 +523,10 @@ mod tests {
     }
 
     fn fixture() -> Vec<u8> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/files/debmas07.xml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/files/debmas07.xml"
+        );
         std::fs::read(path).unwrap()
     }
 
@@ -563,7 +568,10 @@ mod tests {
     fn leading_slash_in_the_path_is_optional_and_a_root_record_works() {
         assert_eq!(parse(&fixture(), "/DEBMAS07/IDOC").len(), 2);
         let items = parse(b"<Order id=\"7\">text<Line/></Order>", "Order");
-        assert_eq!(record(&items[0]).value, json!({"@id": "7", "Line": "", "#text": "text"}));
+        assert_eq!(
+            record(&items[0]).value,
+            json!({"@id": "7", "Line": "", "#text": "text"})
+        );
     }
 
     #[test]
@@ -588,7 +596,8 @@ mod tests {
 
     #[test]
     fn records_only_match_the_full_path() {
-        let document = b"<A><IDOC><n>1</n></IDOC><B><IDOC><n>2</n></IDOC></B><IDOC><n>3</n></IDOC></A>";
+        let document =
+            b"<A><IDOC><n>1</n></IDOC><B><IDOC><n>2</n></IDOC></B><IDOC><n>3</n></IDOC></A>";
         let items = parse(document, "A/IDOC");
         let numbers: Vec<_> = items.iter().map(|i| record(i).value["n"].clone()).collect();
         assert_eq!(numbers, vec![json!("1"), json!("3")]);
@@ -604,9 +613,16 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert_eq!(record(&items[0]).value["E1KNA1M"]["KUNNR"], "0010034884");
         let partial = broken(&items[1]);
-        assert_eq!(partial.reason, "unexpected end of file inside <IDOC> started at line 44");
+        assert_eq!(
+            partial.reason,
+            "unexpected end of file inside <IDOC> started at line 44"
+        );
         assert_eq!(partial.origin.line, Some(44));
-        assert!(partial.raw.starts_with("<IDOC BEGIN=\"1\">"), "{}", partial.raw);
+        assert!(
+            partial.raw.starts_with("<IDOC BEGIN=\"1\">"),
+            "{}",
+            partial.raw
+        );
         assert!(partial.raw.ends_with("<NAME1>Tra"), "{}", partial.raw);
         // Cut inside a tag is the same end of input.
         let cut = text.find("<LAND1>AT").unwrap() + 4;
@@ -666,9 +682,14 @@ mod tests {
 
     #[test]
     fn entity_bomb_is_never_expanded() {
-        let mut document = String::from("<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [\n<!ENTITY lol \"lol\">\n");
+        let mut document =
+            String::from("<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [\n<!ENTITY lol \"lol\">\n");
         for level in 1..10 {
-            let previous = if level == 1 { "lol".to_string() } else { format!("lol{}", level - 1) };
+            let previous = if level == 1 {
+                "lol".to_string()
+            } else {
+                format!("lol{}", level - 1)
+            };
             let body = format!("&{previous};").repeat(10);
             document.push_str(&format!("<!ENTITY lol{level} \"{body}\">\n"));
         }
@@ -690,8 +711,14 @@ mod tests {
 
     #[test]
     fn predefined_and_character_references_are_decoded() {
-        let items = parse(b"<r a=\"&quot;x&quot; &#252;\">&lt;&amp;&gt;&apos;&#252;&#xFC;</r>", "r");
-        assert_eq!(record(&items[0]).value, json!({"@a": "\"x\" ü", "#text": "<&>'üü"}));
+        let items = parse(
+            b"<r a=\"&quot;x&quot; &#252;\">&lt;&amp;&gt;&apos;&#252;&#xFC;</r>",
+            "r",
+        );
+        assert_eq!(
+            record(&items[0]).value,
+            json!({"@a": "\"x\" ü", "#text": "<&>'üü"})
+        );
     }
 
     #[test]
@@ -700,7 +727,10 @@ mod tests {
             b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>\n<A><R n=\"K\xF6ln\">M\xFCller</R></A>",
             "A/R",
         );
-        assert_eq!(record(&items[0]).value, json!({"@n": "Köln", "#text": "Müller"}));
+        assert_eq!(
+            record(&items[0]).value,
+            json!({"@n": "Köln", "#text": "Müller"})
+        );
         assert_eq!(record(&items[0]).origin.line, Some(2));
     }
 
@@ -731,12 +761,18 @@ mod tests {
 
     #[test]
     fn oversized_record_is_broken_and_reading_resumes() {
-        let document = format!("<A><R>{}</R><R>small</R></A>", "<x>0123456789</x>".repeat(20));
+        let document = format!(
+            "<A><R>{}</R><R>small</R></A>",
+            "<x>0123456789</x>".repeat(20)
+        );
         let mut records = parse_xml_records(document.as_bytes(), "A/R", "in.xml");
         records.max_record_bytes = 100;
         let items: Vec<_> = records.collect::<io::Result<_>>().unwrap();
         assert_eq!(items.len(), 2);
-        assert_eq!(broken(&items[0]).reason, "<R>: the record is larger than 100 bytes");
+        assert_eq!(
+            broken(&items[0]).reason,
+            "<R>: the record is larger than 100 bytes"
+        );
         assert_eq!(record(&items[1]).value, json!("small"));
     }
 
@@ -766,7 +802,10 @@ mod tests {
         let document = format!("<A><R>{deep}</R><R>after</R></A>");
         let items = parse(document.as_bytes(), "A/R");
         assert_eq!(items.len(), 2);
-        assert_eq!(broken(&items[0]).reason, "<R>: elements nest deeper than 256 levels");
+        assert_eq!(
+            broken(&items[0]).reason,
+            "<R>: elements nest deeper than 256 levels"
+        );
         assert_eq!(record(&items[1]).value, json!("after"));
     }
 
