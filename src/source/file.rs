@@ -420,9 +420,17 @@ impl FileSource {
         let canonical = dir
             .canonicalize()
             .map_err(|source| io_error(&dir.display().to_string(), source))?;
-        let recursive = pattern.contains('/') || pattern.contains("**");
+        let listing = Listing {
+            matcher,
+            recursive: pattern.contains('/') || pattern.contains("**"),
+            skip_dir: archive_dir
+                .as_deref()
+                .and_then(|archive| archive.canonicalize().ok())
+                .filter(|archive| archive.starts_with(&canonical)),
+            root: canonical.clone(),
+        };
         let mut files = Vec::new();
-        list_files(&canonical, &canonical, "", &matcher, recursive, &mut files)?;
+        listing.collect(&canonical, "", &mut files)?;
         files.sort();
         Ok(FileSource {
             archive_dir,
@@ -451,53 +459,66 @@ impl FileSource {
     }
 }
 
-fn list_files(
-    root: &Path,
-    dir: &Path,
-    prefix: &str,
-    matcher: &GlobMatcher,
+/// What [`FileSource::new`] lists: files under `root` whose relative path matches.
+struct Listing {
+    root: PathBuf,
+    matcher: GlobMatcher,
     recursive: bool,
-    found: &mut Vec<String>,
-) -> Result<(), SourceError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| io_error(&dir.display().to_string(), e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| io_error(&dir.display().to_string(), e))?;
-        let path = entry.path();
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-            tracing::warn!(path = %path.display(), "Skipping a file whose name is not UTF-8.");
-            continue;
-        };
-        let relative = format!("{prefix}{name}");
-        let kind = entry
-            .file_type()
-            .map_err(|e| io_error(&path.display().to_string(), e))?;
-        if kind.is_dir() {
-            if recursive {
-                list_files(root, &path, &format!("{relative}/"), matcher, true, found)?;
+    /// The archive directory when it lies inside `root`: archived files must not be read
+    /// again under their new name.
+    skip_dir: Option<PathBuf>,
+}
+
+impl Listing {
+    fn collect(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        found: &mut Vec<String>,
+    ) -> Result<(), SourceError> {
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| io_error(&dir.display().to_string(), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error(&dir.display().to_string(), e))?;
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                tracing::warn!(path = %path.display(), "Skipping a file whose name is not UTF-8.");
+                continue;
+            };
+            let relative = format!("{prefix}{name}");
+            let kind = entry
+                .file_type()
+                .map_err(|e| io_error(&path.display().to_string(), e))?;
+            if kind.is_dir() {
+                if self.recursive && self.skip_dir.as_deref() != Some(path.as_path()) {
+                    self.collect(&path, &format!("{relative}/"), found)?;
+                }
+                continue;
             }
-            continue;
+            if !self.matcher.is_match(&relative) {
+                continue;
+            }
+            // Symbolic links are resolved and must land inside the directory; linked
+            // directories are not descended into, so a link cycle cannot make the listing loop.
+            match path.canonicalize() {
+                Ok(target) if target.starts_with(&self.root) && target.is_file() => {
+                    found.push(relative);
+                }
+                Ok(target) if target.starts_with(&self.root) => {}
+                Ok(target) => tracing::warn!(
+                    path = %path.display(),
+                    target = %target.display(),
+                    "Skipping a file that resolves outside the connector directory."
+                ),
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    error = %error,
+                    "Skipping a file that cannot be resolved."
+                ),
+            }
         }
-        if !matcher.is_match(&relative) {
-            continue;
-        }
-        // Symbolic links are resolved and must land inside the directory; linked directories
-        // are not descended into, so a link cycle cannot make the listing loop.
-        match path.canonicalize() {
-            Ok(target) if target.starts_with(root) && target.is_file() => found.push(relative),
-            Ok(target) if target.starts_with(root) => {}
-            Ok(target) => tracing::warn!(
-                path = %path.display(),
-                target = %target.display(),
-                "Skipping a file that resolves outside the connector directory."
-            ),
-            Err(error) => tracing::warn!(
-                path = %path.display(),
-                error = %error,
-                "Skipping a file that cannot be resolved."
-            ),
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Size and blake3 of a file, read in fixed-size chunks.
@@ -544,7 +565,16 @@ impl FileCursor {
     fn open_next(&mut self) -> Result<bool, SourceError> {
         while let Some(relative) = self.pending.pop_front() {
             let path = self.dir.join(&relative);
-            let (size, hash) = fingerprint(&path).map_err(|e| io_error(&relative, e))?;
+            let (size, hash) = match fingerprint(&path) {
+                Ok(fingerprint) => fingerprint,
+                // Another process may take a file away between listing and reading (an
+                // operator, or a second replica archiving it); it is simply no longer there.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %relative, "Skipping a file that disappeared after listing.");
+                    continue;
+                }
+                Err(error) => return Err(io_error(&relative, error)),
+            };
             let file = IngestedFile {
                 path: relative,
                 size,
@@ -960,6 +990,29 @@ mod tests {
             std::fs::read_to_string(archive_dir.path().join("in/orders.csv")).unwrap(),
             "older\n"
         );
+    }
+
+    #[tokio::test]
+    async fn an_archive_inside_the_directory_is_not_listed_and_vanished_files_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.csv", "id\n1\n");
+        write(dir.path(), "b.csv", "id\n2\n");
+        write(dir.path(), "done/old.csv", "id\n0\n");
+        let mut source = FileSource::new(
+            dir.path().into(),
+            Some(dir.path().join("done")),
+            "**/*.csv",
+            csv_settings(10),
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(source.pending_files(), vec!["a.csv", "b.csv"]);
+        std::fs::remove_file(dir.path().join("a.csv")).unwrap();
+        let batches = drain(&mut source).await;
+        assert_eq!(batches.len(), 1);
+        assert_eq!(done(&batches[0]).unwrap().path, "b.csv");
+        source.acknowledge(&batches[0].checkpoint).await.unwrap();
+        assert!(dir.path().join("done/b.csv").exists());
     }
 
     #[tokio::test]

@@ -153,7 +153,7 @@ pub(crate) fn json_records<R: BufRead + Send + 'static>(
     records: Option<&str>,
     location: &str,
 ) -> impl Iterator<Item = io::Result<RawItem>> + Send + 'static {
-    let items = match read_document(input, records, location) {
+    let items = match read_document(input, records, location, MAX_JSON_DOCUMENT) {
         Ok(items) => items.into_iter().map(Ok).collect::<Vec<_>>(),
         Err(error) => vec![Err(error)],
     };
@@ -164,9 +164,10 @@ fn read_document<R: BufRead>(
     input: R,
     records: Option<&str>,
     location: &str,
+    limit: u64,
 ) -> io::Result<Vec<RawItem>> {
     let mut tracked = TrackingReader::new(input);
-    let mut limited = (&mut tracked).take(MAX_JSON_DOCUMENT + 1);
+    let mut limited = (&mut tracked).take(limit + 1);
     let parsed = serde_json::from_reader::<_, Value>(&mut limited);
     let exhausted = limited.limit() == 0;
     let document = match parsed {
@@ -178,9 +179,8 @@ fn read_document<R: BufRead>(
                 0,
                 capped_raw(tracked.captured()),
                 format!(
-                    "the document is larger than {} MiB, the limit for JSON files; \
-                     export it as NDJSON instead",
-                    MAX_JSON_DOCUMENT / (1024 * 1024)
+                    "the document is larger than {limit} bytes, the limit for JSON files; \
+                     export it as NDJSON instead"
                 ),
             )]);
         }
@@ -367,6 +367,25 @@ mod tests {
         );
         assert_eq!(bad.origin.line, Some(3));
         assert!(bad.raw.starts_with("[\n{\"id\": 1},"), "{}", bad.raw);
+    }
+
+    #[test]
+    fn json_over_the_size_limit_is_one_broken_item() {
+        let input = br#"[{"id": 1}, {"id": 2}, {"id": 3}]"#;
+        let items = read_document(&input[..], None, "in.json", 10).unwrap();
+        assert_eq!(items.len(), 1);
+        let bad = broken_item(&items[0]);
+        assert_eq!(
+            bad.reason,
+            "the document is larger than 10 bytes, the limit for JSON files; export it as NDJSON instead"
+        );
+        assert_eq!(bad.raw, "[{\"id\": 1},");
+        assert_eq!(
+            read_document(&input[..], None, "in.json", 33)
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     #[test]
