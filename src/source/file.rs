@@ -806,7 +806,10 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(matches!(error, SourceError::Config(_)));
+        assert_eq!(
+            error.to_string(),
+            "file pattern \"../*\" contains `..`; it must stay inside the connector directory"
+        );
     }
 
     #[test]
