@@ -8,7 +8,9 @@
 //!
 //! Transports: [`file::FileSource`] (CSV, JSON, NDJSON, XML drops in a directory).
 
+pub mod csv;
 pub mod file;
+pub mod json;
 pub mod xml;
 
 use async_trait::async_trait;
