@@ -17,10 +17,20 @@ use crate::source::RawItem;
 use crate::source::file::{FileFormat, FileStreamSettings, TextEncoding, read_file};
 
 #[derive(Debug, Parser)]
-#[command(name = "conflux", version, about = "ERP/SCM integration daemon: connectors → mapping → identity → customer profiles → AMQP feed")]
+#[command(
+    name = "conflux",
+    version,
+    about = "ERP/SCM integration daemon: connectors → mapping → identity → customer profiles → AMQP feed"
+)]
 pub struct Cli {
     /// The deployment's config file.
-    #[arg(long, short, global = true, env = "CONFLUX_CONFIG", default_value = "config/conflux.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "CONFLUX_CONFIG",
+        default_value = "config/conflux.toml"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -82,7 +92,10 @@ pub enum QuarantineCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -125,11 +138,17 @@ pub async fn execute(cli: Cli) -> u8 {
         }
         Command::Run { job } => run(&config, job.as_deref()).await,
         Command::Test { mappings } => test(&config, &mappings),
-        Command::Preview { mapping, sample, limit } => preview(&config, &mapping, &sample, limit),
-        Command::Profiles { command: ProfilesCommand::Show { key } } => show_profile(&config, &key).await,
-        Command::Quarantine { command: QuarantineCommand::List { limit } } => {
-            list_quarantine(&config, limit).await
-        }
+        Command::Preview {
+            mapping,
+            sample,
+            limit,
+        } => preview(&config, &mapping, &sample, limit),
+        Command::Profiles {
+            command: ProfilesCommand::Show { key },
+        } => show_profile(&config, &key).await,
+        Command::Quarantine {
+            command: QuarantineCommand::List { limit },
+        } => list_quarantine(&config, limit).await,
     }
 }
 
@@ -139,7 +158,12 @@ async fn run(config: &Config, job: Option<&str>) -> u8 {
             println!("{summary}");
             EXIT_OK
         }
-        Err(PipelineError::Undelivered { pending, destination, error, summary }) => {
+        Err(PipelineError::Undelivered {
+            pending,
+            destination,
+            error,
+            summary,
+        }) => {
             println!("{summary}");
             eprintln!(
                 "error: {pending} events undelivered to {destination}: {error}; they stay in the outbox and the next run delivers them"
@@ -159,10 +183,18 @@ fn mapping_context(config: &Config, mapping: &str) -> (String, String, Vec<serde
     for connector in config.connectors.values() {
         let Transport::File(file) = &connector.transport;
         if let Some(stream) = file.streams.iter().find(|s| s.mapping == mapping) {
-            return (connector.system.clone(), stream.name.clone(), connector.empty_values.clone());
+            return (
+                connector.system.clone(),
+                stream.name.clone(),
+                connector.empty_values.clone(),
+            );
         }
     }
-    ("test".into(), "test".into(), vec![serde_json::Value::String(String::new())])
+    (
+        "test".into(),
+        "test".into(),
+        vec![serde_json::Value::String(String::new())],
+    )
 }
 
 fn test(config: &Config, only: &[String]) -> u8 {
@@ -176,9 +208,16 @@ fn test(config: &Config, only: &[String]) -> u8 {
             continue;
         }
         let (system, stream, empty_values) = mapping_context(config, id);
-        let ctx = MapContext { system: &system, stream: &stream, empty_values: &empty_values };
+        let ctx = MapContext {
+            system: &system,
+            stream: &stream,
+            empty_values: &empty_values,
+        };
         for outcome in mapping.run_tests(&ctx) {
-            let name = outcome.name.clone().unwrap_or_else(|| format!("case {}", outcome.case));
+            let name = outcome
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("case {}", outcome.case));
             match &outcome.failure {
                 None => {
                     passed += 1;
@@ -215,7 +254,11 @@ fn preview(config: &Config, mapping_id: &str, sample: &Path, limit: usize) -> u8
         }
     };
     let (system, stream, empty_values) = mapping_context(config, mapping_id);
-    let ctx = MapContext { system: &system, stream: &stream, empty_values: &empty_values };
+    let ctx = MapContext {
+        system: &system,
+        stream: &stream,
+        empty_values: &empty_values,
+    };
     let (mut ok, mut failed) = (0usize, 0usize);
     for item in &items {
         let shown = ok + failed < limit;
@@ -249,7 +292,11 @@ fn preview(config: &Config, mapping_id: &str, sample: &Path, limit: usize) -> u8
 
 /// The reader settings of the stream that uses the mapping, or ones inferred from the
 /// sample's extension.
-fn preview_settings(config: &Config, mapping: &str, sample: &Path) -> Result<FileStreamSettings, String> {
+fn preview_settings(
+    config: &Config,
+    mapping: &str,
+    sample: &Path,
+) -> Result<FileStreamSettings, String> {
     for connector in config.connectors.values() {
         let Transport::File(file) = &connector.transport;
         if let Some(stream) = file.streams.iter().find(|s| s.mapping == mapping) {
@@ -263,7 +310,10 @@ fn preview_settings(config: &Config, mapping: &str, sample: &Path) -> Result<Fil
             });
         }
     }
-    let extension = sample.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let extension = sample
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
     let format = match extension {
         "jsonl" => Some(FileFormat::Ndjson),
         other => FileFormat::parse(other),
@@ -313,7 +363,10 @@ async fn show_profile(config: &Config, key: &str) -> u8 {
         match store.profile(id).await {
             Ok(Some(profile)) => {
                 found += 1;
-                println!("{}", serde_json::to_string_pretty(&profile).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&profile).unwrap_or_default()
+                );
             }
             Ok(None) => {}
             Err(error) => {

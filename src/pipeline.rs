@@ -24,10 +24,10 @@ use crate::model::event::{EventType, ProfileEvent};
 use crate::model::{Record, SourceRef};
 use crate::profile::{self, ProfileSettings};
 use crate::resolver::{self, LinkInput};
+use crate::sink::Sink;
 use crate::sink::amqp::AmqpSink;
 use crate::sink::file::FileSink;
 use crate::sink::relay::{self, RelaySettings};
-use crate::sink::Sink;
 use crate::source::file::{FileFormat, FileSource, FileStreamSettings, TextEncoding};
 use crate::source::{Batch, Checkpoint, RawItem, Source, SourceError};
 use crate::store::sqlite::SqliteStore;
@@ -91,7 +91,9 @@ pub enum PipelineError {
     },
     #[error("no job named {0:?} in this config")]
     UnknownJob(String),
-    #[error("{pending} events undelivered to {destination}: {error}; they stay in the outbox and the next run delivers them")]
+    #[error(
+        "{pending} events undelivered to {destination}: {error}; they stay in the outbox and the next run delivers them"
+    )]
     Undelivered {
         pending: u64,
         destination: String,
@@ -111,7 +113,9 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
 pub fn open_sink(config: &Config) -> Box<dyn Sink> {
     match &config.feed.sink {
         SinkConfig::File { path } => Box::new(FileSink::new(path.clone())),
-        SinkConfig::Amqp { url, exchange } => Box::new(AmqpSink::new(url.clone(), exchange.clone())),
+        SinkConfig::Amqp { url, exchange } => {
+            Box::new(AmqpSink::new(url.clone(), exchange.clone()))
+        }
     }
 }
 
@@ -125,7 +129,10 @@ pub fn profile_settings(config: &Config) -> ProfileSettings {
 
 /// The `(connector, stream)` pairs a run covers: the named job's, or every job's in order
 /// (each pair once), or — with no jobs configured — every stream of every connector.
-pub fn streams_of(config: &Config, job: Option<&str>) -> Result<Vec<(String, String)>, PipelineError> {
+pub fn streams_of(
+    config: &Config,
+    job: Option<&str>,
+) -> Result<Vec<(String, String)>, PipelineError> {
     let mut pairs = Vec::new();
     match job {
         Some(name) => {
@@ -134,17 +141,29 @@ pub fn streams_of(config: &Config, job: Option<&str>) -> Result<Vec<(String, Str
                 .iter()
                 .find(|j| j.name == name)
                 .ok_or_else(|| PipelineError::UnknownJob(name.to_string()))?;
-            pairs.extend(job.streams.iter().map(|s| (s.connector.clone(), s.stream.clone())));
+            pairs.extend(
+                job.streams
+                    .iter()
+                    .map(|s| (s.connector.clone(), s.stream.clone())),
+            );
         }
         None if config.jobs.is_empty() => {
             for connector in config.connectors.values() {
                 let Transport::File(file) = &connector.transport;
-                pairs.extend(file.streams.iter().map(|s| (connector.id.clone(), s.name.clone())));
+                pairs.extend(
+                    file.streams
+                        .iter()
+                        .map(|s| (connector.id.clone(), s.name.clone())),
+                );
             }
         }
         None => {
             for job in &config.jobs {
-                pairs.extend(job.streams.iter().map(|s| (s.connector.clone(), s.stream.clone())));
+                pairs.extend(
+                    job.streams
+                        .iter()
+                        .map(|s| (s.connector.clone(), s.stream.clone())),
+                );
             }
         }
     }
@@ -172,8 +191,13 @@ pub async fn run_with(
     let outcome = run_streams(config, &pairs, store, sink, run_id).await;
     let (status, summary_json) = match &outcome {
         Ok(summary) => ("ok", serde_json::to_string(summary)),
-        Err(PipelineError::Undelivered { summary, .. }) => ("undelivered", serde_json::to_string(summary)),
-        Err(error) => ("failed", Ok(serde_json::json!({ "error": error.to_string() }).to_string())),
+        Err(PipelineError::Undelivered { summary, .. }) => {
+            ("undelivered", serde_json::to_string(summary))
+        }
+        Err(error) => (
+            "failed",
+            Ok(serde_json::json!({ "error": error.to_string() }).to_string()),
+        ),
     };
     let summary_json = summary_json.unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     store.finish_run(run_id, status, &summary_json).await?;
@@ -225,13 +249,23 @@ async fn run_streams(
             let mut tx = store.begin().await?;
             let read = batch.items.len() as u64;
             batcher
-                .process(tx.as_mut(), connector, stream_name, mapping, batch, &mut summary)
+                .process(
+                    tx.as_mut(),
+                    connector,
+                    stream_name,
+                    mapping,
+                    batch,
+                    &mut summary,
+                )
                 .await?;
             tx.commit().await?;
             if matches!(checkpoint, Checkpoint::FileDone(_)) {
                 summary.files_read += 1;
             }
-            source.acknowledge(&checkpoint).await.map_err(source_error)?;
+            source
+                .acknowledge(&checkpoint)
+                .await
+                .map_err(source_error)?;
             progress.inc(read);
         }
         progress.finish_and_clear();
@@ -257,7 +291,9 @@ async fn run_streams(
         return Err(PipelineError::Undelivered {
             pending: report.pending,
             destination: sink.describe(),
-            error: report.last_error.unwrap_or_else(|| "retry budget exhausted".into()),
+            error: report
+                .last_error
+                .unwrap_or_else(|| "retry budget exhausted".into()),
             summary: Box::new(summary),
         });
     }
@@ -291,7 +327,8 @@ fn progress_bar(connector: &str, stream: &str) -> ProgressBar {
 /// Checks a mapped record against the deployment's rules before it is stored.
 pub fn check_record(record: &Record, settings: &ProfileSettings) -> Result<(), String> {
     if let Record::Order(order) = record {
-        let has_amount = order.total.is_some() || order.lines.iter().any(|l| l.line_total.is_some());
+        let has_amount =
+            order.total.is_some() || order.lines.iter().any(|l| l.line_total.is_some());
         match order.currency.as_deref() {
             None if has_amount => {
                 return Err(format!(
@@ -444,7 +481,14 @@ impl Batcher<'_> {
         let latest = tx.latest_profile(profile_id).await?;
         let merged_ids = merged.cloned().unwrap_or_default();
         let version = latest.as_ref().map_or(1, |(v, _)| v + 1);
-        let built = profile::build(profile_id, version, merged_ids, &customers, &orders, &self.settings);
+        let built = profile::build(
+            profile_id,
+            version,
+            merged_ids,
+            &customers,
+            &orders,
+            &self.settings,
+        );
         let hash = built.content_hash();
         let event_type = match &latest {
             _ if !built.merged_ids.is_empty() => EventType::Merged,
@@ -485,13 +529,29 @@ async fn relink(
             }
             let keys = tx.match_keys(&record).await?;
             let current = tx.link_of(&record).await?;
-            new_keys.extend(keys.iter().filter(|k| queried_keys.insert((*k).clone())).cloned());
+            new_keys.extend(
+                keys.iter()
+                    .filter(|k| queried_keys.insert((*k).clone()))
+                    .cloned(),
+            );
             if let Some(profile) = current
                 && expanded.insert(profile)
             {
-                pending.extend(tx.customers_of(profile).await?.into_iter().map(|c| c.source));
+                pending.extend(
+                    tx.customers_of(profile)
+                        .await?
+                        .into_iter()
+                        .map(|c| c.source),
+                );
             }
-            nodes.insert(record.clone(), LinkInput { record, keys, current });
+            nodes.insert(
+                record.clone(),
+                LinkInput {
+                    record,
+                    keys,
+                    current,
+                },
+            );
         }
         if !new_keys.is_empty() {
             for (record, _) in tx.records_with_keys(&new_keys).await? {

@@ -105,23 +105,8 @@ pub struct IdentityConfig {
     pub match_on: Vec<MatchKey>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum MatchKey {
-    Email,
-    Phone,
-    /// An identifier scheme such as `vat` or `duns`.
-    Identifier(String),
-}
-
-impl fmt::Display for MatchKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MatchKey::Email => f.write_str("email"),
-            MatchKey::Phone => f.write_str("phone"),
-            MatchKey::Identifier(scheme) => write!(f, "identifier:{scheme}"),
-        }
-    }
-}
+/// The strong-key rules are the resolver's own type.
+pub use crate::resolver::MatchKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileConfig {

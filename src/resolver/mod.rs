@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::model::{Customer, SourceRef};
 
 /// A strong key rule: records agreeing on such a key are the same customer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MatchKey {
     Email,
     Phone,

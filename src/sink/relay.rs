@@ -107,8 +107,8 @@ struct FailureStreak {
 ///
 /// Store errors end the drain with `Err`: without the store the relay can neither fetch nor
 /// record anything, and retrying belongs to the caller's schedule.
-pub async fn drain(
-    outbox: &dyn Outbox,
+pub async fn drain<O: Outbox + ?Sized>(
+    outbox: &O,
     sink: &mut dyn Sink,
     settings: &RelaySettings,
 ) -> Result<RelayReport, StoreError> {
