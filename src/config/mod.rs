@@ -511,8 +511,8 @@ batch_size = 50
             [
                 "config/test.toml:2:7: PostgreSQL stores are not supported yet; use \
                  sqlite://<path>",
-                "connectors/shop.toml:6:11: pattern must not contain a `..` component: files \
-                 are read only inside the connector's dir",
+                "connectors/shop.toml:6:11: file pattern \"../*.csv\" contains `..`; it must \
+                 stay inside the connector directory",
                 "mappings/erp.order.toml:2:5: unknown transform `broken`",
             ]
         );

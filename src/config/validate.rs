@@ -879,16 +879,15 @@ fn check_stream(
     checker: &mut Checker,
 ) -> Option<FileStream> {
     let name = checker.text(&spec.name);
-    let pattern =
-        checker
-            .text(&spec.pattern)
-            .and_then(|pattern| match check_pattern(&pattern.value) {
-                Ok(()) => Some(pattern.value),
-                Err(reason) => {
-                    checker.error(pattern.span.start, reason);
-                    None
-                }
-            });
+    let pattern = checker.text(&spec.pattern).and_then(|pattern| {
+        match crate::source::file::check_pattern(&pattern.value) {
+            Ok(()) => Some(pattern.value),
+            Err(reason) => {
+                checker.error(pattern.span.start, reason);
+                None
+            }
+        }
+    });
     let format = checker.text(&spec.format);
     let records = checker.optional_text(spec.records.as_ref());
     let format = format.and_then(|format| {
@@ -981,59 +980,45 @@ fn one_byte(
 
 /// A stream's glob must stay inside its connector's directory: relative, no `..`, valid
 /// glob syntax.
-fn check_pattern(pattern: &str) -> Result<(), String> {
-    if pattern.is_empty() {
-        return Err("pattern must not be empty".into());
-    }
-    let bytes = pattern.as_bytes();
-    let drive = bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':';
-    if pattern.starts_with(['/', '\\']) || drive || Path::new(pattern).is_absolute() {
-        return Err("pattern must be relative to the connector's dir, not an absolute path".into());
-    }
-    if pattern
-        .split(['/', '\\'])
-        .any(|component| component == "..")
-    {
-        return Err(
-            "pattern must not contain a `..` component: files are read only inside the \
-             connector's dir"
-                .into(),
-        );
-    }
-    globset::Glob::new(pattern)
-        .map(|_| ())
-        .map_err(|error| format!("invalid glob pattern: {}", error.kind()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn patterns_stay_inside_their_directory() {
+        use crate::source::file::check_pattern;
         assert_eq!(check_pattern("DEBMAS*.xml"), Ok(()));
         assert_eq!(check_pattern("exports/**/*.csv"), Ok(()));
         assert_eq!(
             check_pattern("../secrets/*.csv"),
             Err(
-                "pattern must not contain a `..` component: files are read only inside the \
-                 connector's dir"
+                "file pattern \"../secrets/*.csv\" contains `..`; it must stay inside the \
+                 connector directory"
                     .into()
             )
         );
         assert_eq!(
             check_pattern("/etc/*.conf"),
-            Err("pattern must be relative to the connector's dir, not an absolute path".into())
+            Err(
+                "file pattern \"/etc/*.conf\" is absolute; it must be relative to the connector \
+                 directory"
+                    .into()
+            )
         );
         assert_eq!(
             check_pattern("C:stuff"),
-            Err("pattern must be relative to the connector's dir, not an absolute path".into())
+            Err(
+                "file pattern \"C:stuff\" is absolute; it must be relative to the connector \
+                 directory"
+                    .into()
+            )
         );
-        assert_eq!(
-            check_pattern("[a.csv"),
-            Err("invalid glob pattern: unclosed character class; missing ']'".into())
+        assert!(
+            check_pattern("[a.csv")
+                .unwrap_err()
+                .starts_with("file pattern \"[a.csv\" is not a valid glob: ")
         );
-        assert_eq!(check_pattern(""), Err("pattern must not be empty".into()));
+        assert_eq!(check_pattern(""), Err("file pattern is empty".into()));
     }
 
     #[test]

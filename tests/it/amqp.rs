@@ -20,7 +20,10 @@ fn amqp_demo_config(project: &Path, url: &str, exchange: &str, retry_budget: &st
     let path = project.join("config/demo.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let file_feed = "[feed]\nsink = \"file\"\npath = \".conflux/feed.ndjson\"\n";
-    assert!(text.contains(file_feed), "demo.toml's [feed] block changed; update this test");
+    assert!(
+        text.contains(file_feed),
+        "demo.toml's [feed] block changed; update this test"
+    );
     let amqp_feed = format!(
         "[feed]\nsink = \"amqp\"\nretry_budget = \"{retry_budget}\"\namqp = {{ url = \"{url}\", exchange = \"{exchange}\" }}\n"
     );
@@ -38,13 +41,18 @@ impl Consumer {
     /// Declares the exchange as conflux does and binds an exclusive queue to every profile
     /// event, as a consuming application would before events flow.
     async fn bind(url: &str, exchange: &str) -> Consumer {
-        let connection = Connection::connect(url, ConnectionProperties::default()).await.unwrap();
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap();
         let channel = connection.create_channel().await.unwrap();
         channel
             .exchange_declare(
                 exchange.into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -52,7 +60,10 @@ impl Consumer {
         let queue = channel
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions { exclusive: true, ..QueueDeclareOptions::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -68,7 +79,12 @@ impl Consumer {
             )
             .await
             .unwrap();
-        Consumer { _connection: connection, channel, queue, exchange: exchange.to_string() }
+        Consumer {
+            _connection: connection,
+            channel,
+            queue,
+            exchange: exchange.to_string(),
+        }
     }
 
     /// Takes every message waiting in the queue (waiting up to 5 s for `at_least`).
@@ -92,14 +108,19 @@ impl Consumer {
     async fn delete_exchange(&self) {
         let _ = self
             .channel
-            .exchange_delete(self.exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
             .await;
     }
 }
 
 /// The outbox rows of the store, in delivery order: (event id, event type, body).
 async fn outbox_rows(db: &Path) -> Vec<(String, String, String)> {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
     let rows: Vec<(String, String, String)> =
         sqlx::query_as("SELECT event_id, event_type, body FROM outbox ORDER BY seq")
             .fetch_all(&pool)
@@ -109,13 +130,22 @@ async fn outbox_rows(db: &Path) -> Vec<(String, String, String)> {
     rows
 }
 
-fn assert_deliveries_match(deliveries: &[lapin::message::Delivery], rows: &[(String, String, String)]) {
+fn assert_deliveries_match(
+    deliveries: &[lapin::message::Delivery],
+    rows: &[(String, String, String)],
+) {
     assert_eq!(deliveries.len(), rows.len());
     for (delivery, (id, event_type, body)) in deliveries.iter().zip(rows) {
         assert_eq!(delivery.routing_key.as_str(), event_type);
         let props = &delivery.properties;
-        assert_eq!(props.message_id().as_ref().map(|s| s.as_str()), Some(id.as_str()));
-        assert_eq!(props.content_type().as_ref().map(|s| s.as_str()), Some("application/cloudevents+json"));
+        assert_eq!(
+            props.message_id().as_ref().map(|s| s.as_str()),
+            Some(id.as_str())
+        );
+        assert_eq!(
+            props.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/cloudevents+json")
+        );
         assert_eq!(*props.delivery_mode(), Some(2), "persistent messages");
         assert_eq!(std::str::from_utf8(&delivery.data).unwrap(), body);
         let event: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
@@ -164,8 +194,16 @@ async fn with_the_broker_unreachable_events_stay_and_a_later_run_delivers_each_e
     let config = load(project.path(), "config/demo.toml");
 
     let pending = match pipeline::run(&config, None).await {
-        Err(PipelineError::Undelivered { pending, destination, summary, .. }) => {
-            assert!(!destination.contains("guest:guest"), "no password in {destination}");
+        Err(PipelineError::Undelivered {
+            pending,
+            destination,
+            summary,
+            ..
+        }) => {
+            assert!(
+                !destination.contains("guest:guest"),
+                "no password in {destination}"
+            );
             assert_eq!(summary.events_delivered, 0);
             pending
         }
@@ -174,7 +212,11 @@ async fn with_the_broker_unreachable_events_stay_and_a_later_run_delivers_each_e
     let store = pipeline::open_store(&config).await.unwrap();
     assert_eq!(store.pending_count().await.unwrap() as u64, pending);
     let rows = outbox_rows(&project.path().join(".conflux/demo.db")).await;
-    assert_eq!(rows.len() as u64, pending, "every event of the run waits in the outbox");
+    assert_eq!(
+        rows.len() as u64,
+        pending,
+        "every event of the run waits in the outbox"
+    );
 
     // The broker is back: the next run delivers every waiting event, once.
     let consumer = Consumer::bind(&url, &exchange).await;
@@ -183,13 +225,20 @@ async fn with_the_broker_unreachable_events_stay_and_a_later_run_delivers_each_e
     let summary = pipeline::run(&config, None).await.unwrap();
     assert_eq!(summary.events_delivered, pending);
     assert_eq!(summary.events_pending, 0);
-    assert_eq!(summary.profiles_created + summary.profiles_updated + summary.profiles_merged, 0, "nothing new was built");
+    assert_eq!(
+        summary.profiles_created + summary.profiles_updated + summary.profiles_merged,
+        0,
+        "nothing new was built"
+    );
     let deliveries = consumer.take(rows.len()).await;
     assert_deliveries_match(&deliveries, &rows);
 
     let third = pipeline::run(&config, None).await.unwrap();
     assert_eq!(third.events_delivered, 0);
-    assert!(consumer.take(0).await.is_empty(), "nothing is delivered twice");
+    assert!(
+        consumer.take(0).await.is_empty(),
+        "nothing is delivered twice"
+    );
     assert_eq!(store.pending_count().await.unwrap(), 0);
     consumer.delete_exchange().await;
 }

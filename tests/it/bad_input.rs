@@ -85,17 +85,27 @@ async fn broken_rows_truncated_xml_and_wrong_types_are_quarantined_and_the_rest_
     let config = load(project.path(), "config/bad.toml");
     let summary = pipeline::run(&config, Some("drops")).await.unwrap();
 
-    assert_eq!(summary.records_read, 7, "4 CSV rows + 2 whole orders + 1 truncated order");
+    assert_eq!(
+        summary.records_read, 7,
+        "4 CSV rows + 2 whole orders + 1 truncated order"
+    );
     assert_eq!(summary.records_mapped, 3);
     assert_eq!(summary.records_quarantined, 4);
     assert_eq!(summary.profiles_created, 2);
-    assert_eq!(summary.events_delivered, 2 + 1, "two created, then c1's profile updated by its order");
+    assert_eq!(
+        summary.events_delivered,
+        2 + 1,
+        "two created, then c1's profile updated by its order"
+    );
     assert_eq!(summary.events_pending, 0);
 
     let store = pipeline::open_store(&config).await.unwrap();
     let mut rows = store.quarantine_rows(100).await.unwrap();
     rows.sort_by(|a, b| a.source_ref.cmp(&b.source_ref));
-    let reasons: Vec<String> = rows.iter().map(|r| format!("{} => {}", r.source_ref, r.reason)).collect();
+    let reasons: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} => {}", r.source_ref, r.reason))
+        .collect();
     assert_eq!(rows.len(), 4, "{reasons:#?}");
 
     let find = |needle: &str| {
@@ -105,8 +115,16 @@ async fn broken_rows_truncated_xml_and_wrong_types_are_quarantined_and_the_rest_
     };
     let broken_row = find("fields");
     assert_eq!(broken_row.stream, "customers");
-    assert!(broken_row.raw.contains("Broken Row"), "raw payload kept: {}", broken_row.raw);
-    assert!(broken_row.source_ref.contains("customers.csv:3"), "{}", broken_row.source_ref);
+    assert!(
+        broken_row.raw.contains("Broken Row"),
+        "raw payload kept: {}",
+        broken_row.raw
+    );
+    assert!(
+        broken_row.source_ref.contains("customers.csv:3"),
+        "{}",
+        broken_row.source_ref
+    );
 
     let bad_mail = find("not-an-email");
     assert!(bad_mail.reason.contains("`email`"), "{}", bad_mail.reason);

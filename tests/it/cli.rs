@@ -27,7 +27,10 @@ fn every_shipped_config_validates() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
-    assert!(configs.len() >= 2, "config/ ships demo.toml and conflux.toml");
+    assert!(
+        configs.len() >= 2,
+        "config/ ships demo.toml and conflux.toml"
+    );
     for config in configs {
         let output = Command::new(env!("CARGO_BIN_EXE_conflux"))
             .args(["validate", "--config"])
@@ -52,12 +55,28 @@ fn every_shipped_mapping_test_case_passes() {
     let project = project_copy();
     let output = conflux(project.path(), &["test", "--config", "config/demo.toml"]);
     let stdout = text(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", text(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
     assert!(!stdout.contains("FAILED"), "{stdout}");
     let last = stdout.lines().last().unwrap_or_default();
-    assert!(last.starts_with("mappings: ") && last.ends_with(" passed, 0 failed"), "{last}");
-    let passed: usize = last["mappings: ".len()..].split(' ').next().unwrap().parse().unwrap();
-    assert!(passed >= 14, "every shipped mapping carries cases; {passed} ran");
+    assert!(
+        last.starts_with("mappings: ") && last.ends_with(" passed, 0 failed"),
+        "{last}"
+    );
+    let passed: usize = last["mappings: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        passed >= 14,
+        "every shipped mapping carries cases; {passed} ran"
+    );
 }
 
 #[test]
@@ -99,9 +118,25 @@ source_id = "id"
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     let diagnostics: Vec<&str> = stderr.lines().filter(|l| l.contains(".toml:")).collect();
     assert_eq!(diagnostics.len(), 3, "{stderr}");
-    assert!(diagnostics[0].starts_with("config/bad.toml:7:1: ") && diagnostics[0].contains("retry_budgt") && diagnostics[0].contains("retry_budget"), "{}", diagnostics[0]);
-    assert!(diagnostics[1].starts_with("config/bad.toml:11:") && diagnostics[1].contains("61 * * * *"), "{}", diagnostics[1]);
-    assert!(diagnostics[2].starts_with("config/bad.toml:12:") && diagnostics[2].contains("drop") && diagnostics[2].contains("drops"), "{}", diagnostics[2]);
+    assert!(
+        diagnostics[0].starts_with("config/bad.toml:7:1: ")
+            && diagnostics[0].contains("retry_budgt")
+            && diagnostics[0].contains("retry_budget"),
+        "{}",
+        diagnostics[0]
+    );
+    assert!(
+        diagnostics[1].starts_with("config/bad.toml:11:") && diagnostics[1].contains("61 * * * *"),
+        "{}",
+        diagnostics[1]
+    );
+    assert!(
+        diagnostics[2].starts_with("config/bad.toml:12:")
+            && diagnostics[2].contains("drop")
+            && diagnostics[2].contains("drops"),
+        "{}",
+        diagnostics[2]
+    );
 }
 
 #[test]
@@ -109,22 +144,46 @@ fn preview_prints_canonical_records_or_the_failing_field() {
     let project = project_copy();
     let ok = conflux(
         project.path(),
-        &["preview", "--config", "config/demo.toml", "demo_warehouse.inventory", "demo/warehouse/stock.csv"],
+        &[
+            "preview",
+            "--config",
+            "config/demo.toml",
+            "demo_warehouse.inventory",
+            "demo/warehouse/stock.csv",
+        ],
     );
     let stdout = text(&ok.stdout);
     assert_eq!(ok.status.code(), Some(0), "{stdout}{}", text(&ok.stderr));
     assert!(stdout.contains("\"entity\": \"inventory\""), "{stdout}");
-    assert!(stdout.lines().last().unwrap().ends_with(" failed") && stdout.contains(", 0 failed"), "{stdout}");
+    assert!(
+        stdout.lines().last().unwrap().ends_with(" failed") && stdout.contains(", 0 failed"),
+        "{stdout}"
+    );
 
     let sample = project.path().join("bad_stock.csv");
-    std::fs::write(&sample, "sku,location,on_hand,reserved,on_order,as_of\nSKU-1,MUC,lots,0,0,2026-11-01T08:00:00Z\n").unwrap();
+    std::fs::write(
+        &sample,
+        "sku,location,on_hand,reserved,on_order,as_of\nSKU-1,MUC,lots,0,0,2026-11-01T08:00:00Z\n",
+    )
+    .unwrap();
     let bad = conflux(
         project.path(),
-        &["preview", "--config", "config/demo.toml", "demo_warehouse.inventory", "bad_stock.csv"],
+        &[
+            "preview",
+            "--config",
+            "config/demo.toml",
+            "demo_warehouse.inventory",
+            "bad_stock.csv",
+        ],
     );
     let stdout = text(&bad.stdout);
     assert_eq!(bad.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("ERROR bad_stock.csv:2") && stdout.contains("`on_hand`") && stdout.contains("lots"), "{stdout}");
+    assert!(
+        stdout.contains("ERROR bad_stock.csv:2")
+            && stdout.contains("`on_hand`")
+            && stdout.contains("lots"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -133,19 +192,52 @@ fn run_then_show_a_profile_by_email() {
     let run = conflux(project.path(), &["run", "--config", "config/demo.toml"]);
     let stdout = text(&run.stdout);
     assert_eq!(run.status.code(), Some(0), "{stdout}{}", text(&run.stderr));
-    assert!(stdout.contains("profiles:") && stdout.contains("events:"), "{stdout}");
-    assert!(stdout.contains(".conflux/feed.ndjson"), "the summary says where the feed went: {stdout}");
+    assert!(
+        stdout.contains("profiles:") && stdout.contains("events:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(".conflux/feed.ndjson"),
+        "the summary says where the feed went: {stdout}"
+    );
 
     let feed = crate::common::read_feed(&project.path().join(".conflux/feed.ndjson"));
     let email = feed
         .iter()
-        .find_map(|e| e["data"]["golden"]["emails"][0]["value"].as_str().map(str::to_owned))
+        .find_map(|e| {
+            e["data"]["golden"]["emails"][0]["value"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .expect("some profile has an e-mail");
-    let show = conflux(project.path(), &["profiles", "show", "--config", "config/demo.toml", &email.to_uppercase()]);
+    let show = conflux(
+        project.path(),
+        &[
+            "profiles",
+            "show",
+            "--config",
+            "config/demo.toml",
+            &email.to_uppercase(),
+        ],
+    );
     let stdout = text(&show.stdout);
-    assert_eq!(show.status.code(), Some(0), "{stdout}{}", text(&show.stderr));
+    assert_eq!(
+        show.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&show.stderr)
+    );
     assert!(stdout.contains(&email), "{stdout}");
 
-    let missing = conflux(project.path(), &["profiles", "show", "--config", "config/demo.toml", "nobody@example.invalid"]);
+    let missing = conflux(
+        project.path(),
+        &[
+            "profiles",
+            "show",
+            "--config",
+            "config/demo.toml",
+            "nobody@example.invalid",
+        ],
+    );
     assert_eq!(missing.status.code(), Some(1));
 }

@@ -68,7 +68,9 @@ pub fn amqp_url() -> Option<String> {
         return Some(url);
     }
     if std::env::var("CONFLUX_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("RabbitMQ is required (CONFLUX_REQUIRE_SERVICES=1) but 127.0.0.1:5672 is unreachable");
+        panic!(
+            "RabbitMQ is required (CONFLUX_REQUIRE_SERVICES=1) but 127.0.0.1:5672 is unreachable"
+        );
     }
     eprintln!("skipping: RabbitMQ not reachable at 127.0.0.1:5672");
     None

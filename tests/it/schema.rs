@@ -29,11 +29,29 @@ fn schema_requires_the_cloudevents_envelope_and_profile_fields() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    for field in ["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"] {
-        assert!(required.contains(&field), "envelope field {field} must be required");
+    for field in [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "datacontenttype",
+        "data",
+    ] {
+        assert!(
+            required.contains(&field),
+            "envelope field {field} must be required"
+        );
     }
     let text = schema.to_string();
-    for name in ["customer.profile.created", "customer.profile.updated", "customer.profile.merged", "schema_version", "lifetime_value"] {
+    for name in [
+        "customer.profile.created",
+        "customer.profile.updated",
+        "customer.profile.merged",
+        "schema_version",
+        "lifetime_value",
+    ] {
         assert!(text.contains(name), "schema must mention {name}");
     }
 }
