@@ -340,10 +340,8 @@ batch_size = 50
         } else {
             EntityKind::Customer
         };
-        Ok(Mapping {
-            id: id.to_string(),
-            entity,
-        })
+        let minimal = format!("entity = \"{entity}\"\n[fields]\nsource_id = \"id\"\n");
+        Mapping::parse(id, &minimal)
     }
 
     #[test]

@@ -121,10 +121,11 @@ mod tests {
         let scope = env.bind(&json!({"E1KNA1M": {"NAME1": "Müller", "NAME2": "GmbH"}}));
         assert_eq!(scope.eval(&full, None).unwrap(), json!("Müller GmbH"));
         let qty = env.compile("line.qty * 2").unwrap();
-        assert_eq!(scope.eval(&qty, Some(&json!({"qty": 21}))).unwrap(), json!(42));
-        let mapped = env
-            .compile("[1, 2, 3].map(x, x * 2)")
-            .unwrap();
+        assert_eq!(
+            scope.eval(&qty, Some(&json!({"qty": 21}))).unwrap(),
+            json!(42)
+        );
+        let mapped = env.compile("[1, 2, 3].map(x, x * 2)").unwrap();
         assert_eq!(scope.eval(&mapped, None).unwrap(), json!([2, 4, 6]));
     }
 
@@ -132,7 +133,10 @@ mod tests {
     fn compile_and_runtime_errors_are_reported() {
         let env = ExprEnv::default();
         let e = env.compile("record.A +").unwrap_err();
-        assert!(e.starts_with("invalid expression: ERROR: <input>:1:"), "{e}");
+        assert!(
+            e.starts_with("invalid expression: ERROR: <input>:1:"),
+            "{e}"
+        );
         let missing = env.compile("record.MISSING").unwrap();
         let scope = env.bind(&json!({"A": 1}));
         let e = scope.eval(&missing, None).unwrap_err();

@@ -136,9 +136,20 @@ impl Mapping {
         };
         let mut errors = Vec::new();
         let mut env = None;
-        let fields = compile_rules(entity, Scope::Header, spec.fields.get_ref(), &mut env, &mut errors);
+        let fields = compile_rules(
+            entity,
+            Scope::Header,
+            spec.fields.get_ref(),
+            &mut env,
+            &mut errors,
+        );
         for required in target::required_rules(entity) {
-            let has_rule = spec.fields.get_ref().0.iter().any(|(k, _)| k.get_ref() == required);
+            let has_rule = spec
+                .fields
+                .get_ref()
+                .0
+                .iter()
+                .any(|(k, _)| k.get_ref() == required);
             if !has_rule {
                 errors.push(SpecError {
                     span: Some(spec.fields.span()),
@@ -157,8 +168,13 @@ impl Mapping {
             }
             Some(lines) => {
                 let lines = lines.get_ref();
-                let fields =
-                    compile_rules(entity, Scope::Line, lines.fields.get_ref(), &mut env, &mut errors);
+                let fields = compile_rules(
+                    entity,
+                    Scope::Line,
+                    lines.fields.get_ref(),
+                    &mut env,
+                    &mut errors,
+                );
                 match Path::parse(lines.path.get_ref()) {
                     Ok(path) => Some(LinesRule { path, fields }),
                     Err(message) => {
@@ -226,7 +242,9 @@ impl Mapping {
                         path: rule.origin.clone(),
                         reason,
                     };
-                    let produced = rule.eval(raw, Some(element), ctx, &mut scope).map_err(fail)?;
+                    let produced = rule
+                        .eval(raw, Some(element), ctx, &mut scope)
+                        .map_err(fail)?;
                     rule.assign(&mut line, produced).map_err(fail)?;
                 }
                 lines.push(line);

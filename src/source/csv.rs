@@ -7,6 +7,10 @@
 //! [`RawItem::Broken`] naming its line; the rows after it still flow. A header that cannot be
 //! read (not UTF-8, duplicate column names) makes the whole file one broken item, since no row
 //! could be keyed reliably.
+//!
+//! Line endings are normalised to `\n` before parsing ([`LfLines`]): the csv crate counts
+//! the line of a record that follows a `\r\n` one too low, and reported lines must match
+//! what an editor shows. A `\r\n` inside a quoted field becomes `\n` as well.
 
 use std::collections::HashSet;
 use std::io::{self, BufRead};
@@ -17,7 +21,7 @@ use super::file::{DecodingReader, FileStreamSettings, capped_raw};
 use super::{BrokenRecord, Origin, RawItem, RawRecord};
 
 pub(crate) struct CsvRecords<R: BufRead> {
-    reader: ::csv::Reader<DecodingReader<R>>,
+    reader: ::csv::Reader<LfLines<DecodingReader<R>>>,
     headers: Option<Vec<String>>,
     location: String,
     delimiter: u8,
@@ -35,7 +39,10 @@ impl<R: BufRead> CsvRecords<R> {
             // Field counts are checked here, so a short row becomes one broken item instead of
             // an error that would end the file.
             .flexible(true)
-            .from_reader(DecodingReader::new(input, settings.encoding.encoding()));
+            .from_reader(LfLines::new(DecodingReader::new(
+                input,
+                settings.encoding.encoding(),
+            )));
         CsvRecords {
             reader,
             headers: None,
@@ -172,6 +179,68 @@ impl<R: BufRead> CsvRecords<R> {
     }
 }
 
+/// Drops the `\r` of every `\r\n`, holding back a `\r` that ends a read until the next
+/// byte is known. A lone `\r` is kept.
+pub(crate) struct LfLines<R> {
+    inner: R,
+    buffer: Vec<u8>,
+    start: usize,
+    pending_cr: bool,
+}
+
+impl<R: io::Read> LfLines<R> {
+    pub(crate) fn new(inner: R) -> LfLines<R> {
+        LfLines {
+            inner,
+            buffer: Vec::new(),
+            start: 0,
+            pending_cr: false,
+        }
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let read = self.inner.read(&mut chunk)?;
+            self.buffer.clear();
+            self.start = 0;
+            if read == 0 {
+                if std::mem::take(&mut self.pending_cr) {
+                    self.buffer.push(b'\r');
+                }
+                return Ok(());
+            }
+            let mut bytes = chunk[..read].iter().copied().peekable();
+            if std::mem::take(&mut self.pending_cr) && bytes.peek() != Some(&b'\n') {
+                self.buffer.push(b'\r');
+            }
+            while let Some(byte) = bytes.next() {
+                match (byte, bytes.peek()) {
+                    (b'\r', Some(b'\n')) => {}
+                    (b'\r', None) => self.pending_cr = true,
+                    _ => self.buffer.push(byte),
+                }
+            }
+            if !self.buffer.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl<R: io::Read> io::Read for LfLines<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.buffer.len() {
+            self.refill()?;
+        }
+        let available = &self.buffer[self.start..];
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
 /// Byte records with flexible field counts fail only on I/O, so every csv error is one.
 fn into_io(error: ::csv::Error) -> io::Error {
     match error.into_kind() {
@@ -217,6 +286,47 @@ mod tests {
             RawItem::Broken(broken) => broken,
             RawItem::Record(record) => panic!("unexpected record: {record:?}"),
         }
+    }
+
+    #[test]
+    fn crlf_files_report_the_lines_an_editor_shows() {
+        let settings = FileStreamSettings::new(FileFormat::Csv);
+        let input = b"id,name,email\r\nc1,Anna,a@x.de\r\nc2,Short\r\nc3,\"Multi\r\nline\",c@x.de\r\nc4,Otto,o@x.de\r\n";
+        let items = parse(input, &settings);
+        assert_eq!(items.len(), 4);
+        assert_eq!(record(&items[0]).origin.line, Some(2));
+        assert_eq!(
+            broken(&items[1]).reason,
+            "line 3: expected 3 fields, found 2"
+        );
+        let multi = record(&items[2]);
+        assert_eq!(multi.origin.line, Some(4));
+        assert_eq!(multi.value["name"], "Multi\nline");
+        assert_eq!(multi.value["email"], "c@x.de", "no stray carriage return");
+        assert_eq!(record(&items[3]).origin.line, Some(6));
+    }
+
+    #[test]
+    fn a_carriage_return_split_across_reads_is_handled() {
+        use std::io::Read;
+        struct OneByte<'a>(&'a [u8]);
+        impl io::Read for OneByte<'_> {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                match self.0.split_first() {
+                    Some((byte, rest)) if !out.is_empty() => {
+                        out[0] = *byte;
+                        self.0 = rest;
+                        Ok(1)
+                    }
+                    _ => Ok(0),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        LfLines::new(OneByte(b"a\r\nb\rc\r"))
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, b"a\nb\rc\r");
     }
 
     #[test]

@@ -46,6 +46,154 @@ async fn a_second_run_over_unchanged_input_writes_no_profile_versions_and_no_eve
     assert_eq!(read_feed(&feed_path).len(), events_after_first);
 }
 
+#[tokio::test]
+async fn the_demo_merges_customers_across_three_systems_with_exact_counts() {
+    let project = project_copy();
+    let config = load(project.path(), "config/demo.toml");
+    let summary = pipeline::run(&config, None).await.unwrap();
+
+    // 24 customer rows (one broken e-mail), 19 orders, 12 stock rows, 11 supplier items.
+    assert_eq!(summary.records_read, 66);
+    assert_eq!(summary.records_mapped, 65);
+    assert_eq!(summary.records_inserted, 65);
+    assert_eq!(summary.records_quarantined, 1);
+    assert_eq!(summary.files_read, 7);
+    // 19 identities appear; the shop's Müller account then bridges SAP's and Odoo's Müller.
+    assert_eq!(summary.profiles_created, 19);
+    assert_eq!(summary.profiles_merged, 1);
+    // 3 records joining existing profiles + 13 order-driven changes (11 profiles with
+    // counted orders, two of them with orders in both SAP and Odoo).
+    assert_eq!(summary.profiles_updated, 16);
+    assert_eq!(summary.events_delivered, 36);
+    assert_eq!(summary.events_pending, 0);
+
+    let feed = read_feed(&project.path().join(".conflux/feed.ndjson"));
+    assert_eq!(feed.len(), 36);
+    let count = |t: &str| feed.iter().filter(|e| e["type"] == t).count();
+    assert_eq!(count("customer.profile.created"), 19);
+    assert_eq!(count("customer.profile.updated"), 16);
+    assert_eq!(count("customer.profile.merged"), 1);
+    for event in &feed {
+        let id = format!(
+            "{}:{}",
+            event["subject"].as_str().unwrap(),
+            event["data"]["version"]
+        );
+        assert_eq!(event["id"], id.as_str());
+        assert_eq!(event["source"], "urn:conflux:demo");
+    }
+
+    let profiles = latest_per_profile(&feed);
+    assert_eq!(
+        profiles.len(),
+        18,
+        "23 customer records resolve into 18 customers"
+    );
+    let by_name = |name: &str| {
+        profiles
+            .values()
+            .find(|e| e["data"]["golden"]["full_name"] == name)
+            .unwrap_or_else(|| panic!("no profile named {name}"))
+    };
+
+    let mueller = by_name("Müller Maschinenbau GmbH");
+    assert_eq!(
+        mueller["type"], "customer.profile.updated",
+        "orders arrived after the merge"
+    );
+    let merge = feed
+        .iter()
+        .find(|e| e["type"] == "customer.profile.merged")
+        .unwrap();
+    assert_eq!(
+        merge["subject"], mueller["subject"],
+        "the older (SAP) id survives"
+    );
+    let retired = merge["data"]["merged_ids"][0].as_str().unwrap();
+    let odoo_mueller = feed
+        .iter()
+        .find(|e| e["subject"] == retired)
+        .expect("the retired profile was published before");
+    assert_eq!(odoo_mueller["data"]["sources"][0]["system"], "odoo");
+    let sources: Vec<String> = mueller["data"]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}/{}",
+                s["system"].as_str().unwrap(),
+                s["source_id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(sources, ["odoo/7", "sap/0000100001", "shop/K-1001"]);
+    assert_eq!(mueller["data"]["metrics"]["order_count"], 5);
+    assert_eq!(
+        mueller["data"]["metrics"]["lifetime_value"]["amount"],
+        "13390"
+    );
+    assert_eq!(
+        mueller["data"]["metrics"]["lifetime_value"]["currency"],
+        "EUR"
+    );
+    let emails = &mueller["data"]["golden"]["emails"];
+    assert_eq!(
+        emails[0]["value"],
+        "einkauf@mueller-maschinenbau.example.de"
+    );
+    assert_eq!(emails[0]["systems"], serde_json::json!(["sap", "shop"]));
+    assert_eq!(
+        emails[1]["value"],
+        "buchhaltung@mueller-maschinenbau.example.de"
+    );
+
+    let boehm = by_name("Böhm Elektrotechnik KG");
+    assert_eq!(
+        boehm["data"]["sources"].as_array().unwrap().len(),
+        2,
+        "linked by VAT"
+    );
+    assert_eq!(boehm["data"]["metrics"]["order_count"], 2);
+    assert_eq!(boehm["data"]["metrics"]["lifetime_value"]["amount"], "5027");
+
+    let weber = profiles
+        .values()
+        .find(|e| {
+            e["data"]["golden"]["full_name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("Weber")
+        })
+        .unwrap();
+    assert_eq!(
+        weber["data"]["sources"].as_array().unwrap().len(),
+        2,
+        "linked by phone"
+    );
+    assert_eq!(weber["data"]["metrics"]["lifetime_value"]["amount"], "9930");
+
+    let sommer = profiles
+        .values()
+        .find(|e| {
+            e["data"]["golden"]["full_name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("Sommer")
+        })
+        .unwrap();
+    assert_eq!(
+        sommer["data"]["metrics"]["lifetime_value"]["amount"], "1993.64",
+        "USD 2167.00 at 0.92"
+    );
+
+    let store = pipeline::open_store(&config).await.unwrap();
+    let quarantined = store.quarantine_rows(10).await.unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].source_ref, "customers.csv:7 (record 6)");
+    assert!(quarantined[0].reason.contains("hans.at.example.de"));
+}
+
 /// Latest event per profile id, following merges (a retired id's last state is its merge).
 fn latest_per_profile(feed: &[serde_json::Value]) -> BTreeMap<String, serde_json::Value> {
     let mut latest = BTreeMap::new();
