@@ -43,14 +43,20 @@ fn check_keys(entity: EntityKind, scope: Scope, table: &RawTable) -> Result<(), 
             let RawValue::Array(lines) = value.get_ref() else {
                 return Err(err(
                     value.span(),
-                    format!("expected `lines` must be a list of tables, found {}", value.get_ref().kind()),
+                    format!(
+                        "expected `lines` must be a list of tables, found {}",
+                        value.get_ref().kind()
+                    ),
                 ));
             };
             for line in lines {
                 let RawValue::Table(line_table) = line.get_ref() else {
                     return Err(err(
                         line.span(),
-                        format!("an expected line must be a table, found {}", line.get_ref().kind()),
+                        format!(
+                            "an expected line must be a table, found {}",
+                            line.get_ref().kind()
+                        ),
                     ));
                 };
                 check_keys(entity, Scope::Line, line_table)?;
@@ -109,7 +115,14 @@ pub fn run(mapping: &Mapping, number: usize, case: &TestCase, ctx: &MapContext<'
         (Expectation::Values(expected), Ok(record)) => {
             let actual = render(&record);
             let mut diffs = Vec::new();
-            compare(mapping.entity, Scope::Header, "", expected, &actual, &mut diffs);
+            compare(
+                mapping.entity,
+                Scope::Header,
+                "",
+                expected,
+                &actual,
+                &mut diffs,
+            );
             (!diffs.is_empty()).then(|| diffs.join("; "))
         }
     };
@@ -132,7 +145,10 @@ fn compare(
         let got = actual.get(key);
         if entity == EntityKind::Order && scope == Scope::Header && key == "lines" {
             let want_lines = want.as_array().map(Vec::as_slice).unwrap_or_default();
-            let got_lines = got.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            let got_lines = got
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             if want_lines.len() != got_lines.len() {
                 diffs.push(format!(
                     "`lines`: expected {} lines, got {}",
@@ -180,7 +196,10 @@ fn values_equal(target: &Target, want: &Value, got: Option<&Value>) -> bool {
             None => Vec::new(),
         };
         return want.len() == got.len()
-            && want.iter().zip(&got).all(|(w, g)| scalar_equal(ValueType::String, w, g));
+            && want
+                .iter()
+                .zip(&got)
+                .all(|(w, g)| scalar_equal(ValueType::String, w, g));
     }
     got.is_some_and(|got| scalar_equal(target.ty, want, got))
 }

@@ -100,11 +100,7 @@ pub fn text(value: &Value) -> Result<String, String> {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
-        other => Err(format!(
-            "not a string: {} {}",
-            kind_of(other),
-            show(other)
-        )),
+        other => Err(format!("not a string: {} {}", kind_of(other), show(other))),
     }
 }
 
@@ -204,8 +200,9 @@ const SENTINELS: [&str; 7] = [
 
 fn is_sentinel_text(s: &str) -> bool {
     SENTINELS.iter().any(|p| {
-        s.strip_prefix(p)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['T', ' ']) || rest.bytes().all(|b| b == b'0'))
+        s.strip_prefix(p).is_some_and(|rest| {
+            rest.is_empty() || rest.starts_with(['T', ' ']) || rest.bytes().all(|b| b == b'0')
+        })
     })
 }
 
@@ -227,8 +224,8 @@ fn sap_json(s: &str) -> Option<Result<Option<Timestamp>, ()>> {
         .find(|(_, c)| *c == '+' || *c == '-')
         .map_or(inner.len(), |(i, _)| i);
     let (ms, offset) = inner.split_at(digits_end);
-    let valid_offset = offset.is_empty()
-        || (offset.len() == 5 && offset[1..].bytes().all(|b| b.is_ascii_digit()));
+    let valid_offset =
+        offset.is_empty() || (offset.len() == 5 && offset[1..].bytes().all(|b| b.is_ascii_digit()));
     let Some(ms) = ms.parse::<i64>().ok().filter(|_| valid_offset) else {
         return Some(Err(()));
     };
@@ -279,8 +276,7 @@ fn parse_iso(s: &str, odoo_only: bool) -> Option<Parsed> {
         return None;
     }
     if let Ok(ts) = Timestamp::from_str(s) {
-        let civil = DateTime::from_str(s)
-            .unwrap_or_else(|_| ts.to_zoned(TimeZone::UTC).datetime());
+        let civil = DateTime::from_str(s).unwrap_or_else(|_| ts.to_zoned(TimeZone::UTC).datetime());
         return Some(Parsed::Instant(civil, ts));
     }
     DateTime::from_str(s).ok().map(Parsed::Naive)
@@ -403,7 +399,10 @@ mod tests {
         assert_eq!(integer(&json!("  12 ")).unwrap(), 12);
         assert_eq!(integer(&json!("5-")).unwrap(), -5);
         assert_eq!(integer(&json!(3.0)).unwrap(), 3);
-        assert_eq!(integer(&json!("12.5")).unwrap_err(), r#"not an integer: "12.5""#);
+        assert_eq!(
+            integer(&json!("12.5")).unwrap_err(),
+            r#"not an integer: "12.5""#
+        );
         assert_eq!(integer(&json!(12.5)).unwrap_err(), "not an integer: 12.5");
         assert_eq!(integer(&json!(true)).unwrap_err(), "not an integer: true");
     }
@@ -414,20 +413,35 @@ mod tests {
         assert_eq!(decimal(&json!("-3.2")).unwrap(), dec("-3.2"));
         assert_eq!(decimal(&json!(" 10.500- ")).unwrap(), dec("-10.500"));
         assert_eq!(decimal(&json!("10.500-")).unwrap().to_string(), "-10.500");
-        assert_eq!(decimal(&json!("12,5")).unwrap_err(), r#"not a decimal: "12,5""#);
+        assert_eq!(
+            decimal(&json!("12,5")).unwrap_err(),
+            r#"not a decimal: "12,5""#
+        );
         assert_eq!(
             decimal(&json!("1,234.50")).unwrap_err(),
             r#"not a decimal: "1,234.50""#
         );
-        assert_eq!(decimal(&json!("1_000")).unwrap_err(), r#"not a decimal: "1_000""#);
-        assert_eq!(decimal(&json!("--1")).unwrap_err(), r#"not a decimal: "--1""#);
-        assert_eq!(decimal(&json!("abc")).unwrap_err(), r#"not a decimal: "abc""#);
+        assert_eq!(
+            decimal(&json!("1_000")).unwrap_err(),
+            r#"not a decimal: "1_000""#
+        );
+        assert_eq!(
+            decimal(&json!("--1")).unwrap_err(),
+            r#"not a decimal: "--1""#
+        );
+        assert_eq!(
+            decimal(&json!("abc")).unwrap_err(),
+            r#"not a decimal: "abc""#
+        );
     }
 
     #[test]
     fn decimals_from_json_floats_are_exact() {
         assert_eq!(decimal(&json!(0.1)).unwrap().to_string(), "0.1");
-        assert_eq!(decimal(&json!(0.1)).unwrap() + decimal(&json!(0.2)).unwrap(), dec("0.3"));
+        assert_eq!(
+            decimal(&json!(0.1)).unwrap() + decimal(&json!(0.2)).unwrap(),
+            dec("0.3")
+        );
         assert_eq!(decimal(&json!(1234.5)).unwrap(), dec("1234.5"));
         assert_eq!(decimal(&json!(42)).unwrap(), dec("42"));
         assert_eq!(decimal(&json!(1e-7)).unwrap(), dec("0.0000001"));
@@ -436,13 +450,30 @@ mod tests {
 
     #[test]
     fn booleans_including_sap_flags() {
-        for t in [json!(true), json!("true"), json!("X"), json!("1"), json!("yes"), json!(1)] {
+        for t in [
+            json!(true),
+            json!("true"),
+            json!("X"),
+            json!("1"),
+            json!("yes"),
+            json!(1),
+        ] {
             assert!(boolean(&t).unwrap(), "{t}");
         }
-        for f in [json!(false), json!("false"), json!(""), json!("0"), json!("no"), json!(0)] {
+        for f in [
+            json!(false),
+            json!("false"),
+            json!(""),
+            json!("0"),
+            json!("no"),
+            json!(0),
+        ] {
             assert!(!boolean(&f).unwrap(), "{f}");
         }
-        assert_eq!(boolean(&json!("maybe")).unwrap_err(), r#"not a boolean: "maybe""#);
+        assert_eq!(
+            boolean(&json!("maybe")).unwrap_err(),
+            r#"not a boolean: "maybe""#
+        );
     }
 
     #[test]
@@ -453,13 +484,28 @@ mod tests {
         assert_eq!(date(&json!("20240501"), &auto).unwrap(), may1);
         assert_eq!(date(&json!(20240501), &auto).unwrap(), may1);
         assert_eq!(date(&json!("/Date(1714521600000)/"), &auto).unwrap(), may1);
-        assert_eq!(date(&json!("/Date(1714521600000+0000)/"), &auto).unwrap(), may1);
-        assert_eq!(date(&json!("2024-05-01T23:30:00-05:00"), &auto).unwrap(), may1);
+        assert_eq!(
+            date(&json!("/Date(1714521600000+0000)/"), &auto).unwrap(),
+            may1
+        );
+        assert_eq!(
+            date(&json!("2024-05-01T23:30:00-05:00"), &auto).unwrap(),
+            may1
+        );
         assert_eq!(date(&json!("2024-05-01T10:20:30Z"), &auto).unwrap(), may1);
         assert_eq!(date(&json!("2024-05-01 10:20:30"), &auto).unwrap(), may1);
-        assert_eq!(date(&json!("2024-13-01"), &auto).unwrap_err(), r#"not a date: "2024-13-01""#);
-        assert_eq!(date(&json!("/Date(abc)/"), &auto).unwrap_err(), r#"not a date: "/Date(abc)/""#);
-        assert_eq!(date(&json!("soon"), &auto).unwrap_err(), r#"not a date: "soon""#);
+        assert_eq!(
+            date(&json!("2024-13-01"), &auto).unwrap_err(),
+            r#"not a date: "2024-13-01""#
+        );
+        assert_eq!(
+            date(&json!("/Date(abc)/"), &auto).unwrap_err(),
+            r#"not a date: "/Date(abc)/""#
+        );
+        assert_eq!(
+            date(&json!("soon"), &auto).unwrap_err(),
+            r#"not a date: "soon""#
+        );
     }
 
     #[test]
@@ -485,12 +531,22 @@ mod tests {
         let auto = DateFormat::Auto;
         let t = Some(ts("2024-05-01T10:20:30Z"));
         assert_eq!(datetime(&json!("2024-05-01T10:20:30Z"), &auto).unwrap(), t);
-        assert_eq!(datetime(&json!("2024-05-01T12:20:30+02:00"), &auto).unwrap(), t);
+        assert_eq!(
+            datetime(&json!("2024-05-01T12:20:30+02:00"), &auto).unwrap(),
+            t
+        );
         assert_eq!(datetime(&json!("2024-05-01T10:20:30"), &auto).unwrap(), t);
-        assert_eq!(datetime(&json!("2024-05-01 10:20:30"), &auto).unwrap(), t, "Odoo naive UTC");
+        assert_eq!(
+            datetime(&json!("2024-05-01 10:20:30"), &auto).unwrap(),
+            t,
+            "Odoo naive UTC"
+        );
         assert_eq!(datetime(&json!("20240501102030"), &auto).unwrap(), t);
         assert_eq!(datetime(&json!("/Date(1714558830000)/"), &auto).unwrap(), t);
-        assert_eq!(datetime(&json!("/Date(1714558830000+0200)/"), &auto).unwrap(), t);
+        assert_eq!(
+            datetime(&json!("/Date(1714558830000+0200)/"), &auto).unwrap(),
+            t
+        );
         let midnight = Some(ts("2024-05-01T00:00:00Z"));
         assert_eq!(datetime(&json!("2024-05-01"), &auto).unwrap(), midnight);
         assert_eq!(datetime(&json!("20240501"), &auto).unwrap(), midnight);
@@ -503,7 +559,10 @@ mod tests {
     #[test]
     fn named_and_strptime_formats() {
         let german = DateFormat::parse("%d.%m.%Y").unwrap();
-        assert_eq!(date(&json!("01.05.2024"), &german).unwrap(), Some(d(2024, 5, 1)));
+        assert_eq!(
+            date(&json!("01.05.2024"), &german).unwrap(),
+            Some(d(2024, 5, 1))
+        );
         assert_eq!(
             datetime(&json!("01.05.2024"), &german).unwrap(),
             Some(ts("2024-05-01T00:00:00Z"))

@@ -51,9 +51,7 @@ impl Path {
                     Step::All
                 } else {
                     inner.parse::<usize>().map(Step::Index).map_err(|_| {
-                        format!(
-                            "invalid path `{text}`: `[{inner}]` is neither an index nor `[*]`"
-                        )
+                        format!("invalid path `{text}`: `[{inner}]` is neither an index nor `[*]`")
                     })?
                 };
                 if steps.is_empty() && expect_key {
@@ -191,7 +189,11 @@ mod tests {
         assert_eq!(get("a.b[0].c", &v), Some(json!(1)));
         assert_eq!(get("a.b[2].c", &v), None);
         assert_eq!(get("a.x", &v), None);
-        assert_eq!(get("a.b.c", &v), Some(json!(1)), "`.key` on an array takes element 0");
+        assert_eq!(
+            get("a.b.c", &v),
+            Some(json!(1)),
+            "`.key` on an array takes element 0"
+        );
     }
 
     #[test]
@@ -203,7 +205,10 @@ mod tests {
             assert_eq!(get("E1KNVKM.SMTP_ADDR", v), Some(json!("a@b.de")));
         }
         assert_eq!(get("E1KNVKM[1].SMTP_ADDR", &single), None);
-        assert_eq!(get("E1KNVKM[1].SMTP_ADDR", &repeated), Some(json!("c@d.de")));
+        assert_eq!(
+            get("E1KNVKM[1].SMTP_ADDR", &repeated),
+            Some(json!("c@d.de"))
+        );
         assert_eq!(all("E1KNVKM[*].SMTP_ADDR", &single), vec![json!("a@b.de")]);
         assert_eq!(
             all("E1KNVKM[*].SMTP_ADDR", &repeated),

@@ -208,7 +208,8 @@ struct Out(Map<String, Value>);
 impl Out {
     fn put(&mut self, name: &str, value: Option<impl ToString>) {
         if let Some(value) = value {
-            self.0.insert(name.to_owned(), Value::String(value.to_string()));
+            self.0
+                .insert(name.to_owned(), Value::String(value.to_string()));
         }
     }
 

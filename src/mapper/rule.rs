@@ -147,7 +147,10 @@ fn constant(target: &Target, key: &str, value: &Spanned<RawValue>) -> Result<Val
     match value.get_ref() {
         RawValue::Table(_) => Err(err(
             value.span(),
-            format!("`{key}` of field `{}` must be a scalar, found a table", target.name),
+            format!(
+                "`{key}` of field `{}` must be a scalar, found a table",
+                target.name
+            ),
         )),
         RawValue::Array(items) if !target.list => Err(err(
             value.span(),
@@ -183,7 +186,8 @@ impl FieldRule {
         value: &Spanned<RawValue>,
         env: &mut Option<ExprEnv>,
     ) -> Result<FieldRule, SpecError> {
-        let target = target::resolve(entity, scope, key.get_ref()).map_err(|e| err(key.span(), e))?;
+        let target =
+            target::resolve(entity, scope, key.get_ref()).map_err(|e| err(key.span(), e))?;
         let table = match value.get_ref() {
             RawValue::String(text) => {
                 let path = parse_path(text, value.span(), &target)?;
@@ -371,10 +375,7 @@ impl FieldRule {
             _ => {
                 let text = string_value(&name, "expr", source_value)?;
                 let env = env.get_or_insert_with(ExprEnv::default);
-                Source::Expr(
-                    env.compile(text)
-                        .map_err(|e| err(source_value.span(), e))?,
-                )
+                Source::Expr(env.compile(text).map_err(|e| err(source_value.span(), e))?)
             }
         };
         let effective = rule.type_override.unwrap_or(rule.target.ty);
@@ -382,7 +383,9 @@ impl FieldRule {
             if !date_format(effective) {
                 return Err(err(
                     span,
-                    format!("`format` applies only to date and datetime fields, and `{name}` is not one"),
+                    format!(
+                        "`format` applies only to date and datetime fields, and `{name}` is not one"
+                    ),
                 ));
             }
             rule.format = DateFormat::parse(text).map_err(|e| err(span, e))?;
@@ -402,7 +405,12 @@ impl FieldRule {
         let mut scratch = Fields::default();
         if let Source::Value(_) = self.source {
             let produced = self
-                .eval(&Value::Null, None, &ctx, &mut LazyScope::new(None, &Value::Null))
+                .eval(
+                    &Value::Null,
+                    None,
+                    &ctx,
+                    &mut LazyScope::new(None, &Value::Null),
+                )
                 .map_err(|e| err(span.clone(), format!("field `{}`: {e}", self.target.name)))?;
             self.assign(&mut scratch, produced)
                 .map_err(|e| err(span.clone(), format!("field `{}`: {e}", self.target.name)))?;

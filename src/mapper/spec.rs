@@ -181,7 +181,9 @@ impl<'de> Visitor<'de> for RawTableVisitor {
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawTable, E> {
-        Err(E::custom(format!("expected a table, found the string {v:?}")))
+        Err(E::custom(format!(
+            "expected a table, found the string {v:?}"
+        )))
     }
 }
 

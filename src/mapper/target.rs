@@ -19,7 +19,8 @@ pub enum ValueType {
 }
 
 impl ValueType {
-    pub const NAMES: [&'static str; 6] = ["string", "integer", "decimal", "bool", "date", "datetime"];
+    pub const NAMES: [&'static str; 6] =
+        ["string", "integer", "decimal", "bool", "date", "datetime"];
 
     pub fn parse(name: &str) -> Option<ValueType> {
         Some(match name {
@@ -278,11 +279,23 @@ pub fn resolve(entity: EntityKind, scope: Scope, name: &str) -> Result<Target, S
         .map(|(_, slot, ty)| (slot.clone(), *ty));
     let (slot, ty) = match found {
         Some(found) => found,
-        None if scope == Scope::Header && has_identifiers(entity) && name.starts_with(IDENTIFIER) => {
-            (Slot::Identifier(family_key(name, IDENTIFIER, "scheme")?), ValueType::String)
+        None if scope == Scope::Header
+            && has_identifiers(entity)
+            && name.starts_with(IDENTIFIER) =>
+        {
+            (
+                Slot::Identifier(family_key(name, IDENTIFIER, "scheme")?),
+                ValueType::String,
+            )
         }
-        None if scope == Scope::Header && entity == EntityKind::Customer && name.starts_with(EXTRA) => {
-            (Slot::Extra(family_key(name, EXTRA, "name")?), ValueType::String)
+        None if scope == Scope::Header
+            && entity == EntityKind::Customer
+            && name.starts_with(EXTRA) =>
+        {
+            (
+                Slot::Extra(family_key(name, EXTRA, "name")?),
+                ValueType::String,
+            )
         }
         None => {
             let (names, what) = match scope {
@@ -327,9 +340,21 @@ mod tests {
         assert_eq!(t.slot, Slot::Identifier("vat".into()));
         let t = resolve(EntityKind::Customer, Scope::Header, "emails").unwrap();
         assert!(t.list);
-        assert!(resolve(EntityKind::Customer, Scope::Header, "source_id").unwrap().required);
-        assert!(resolve(EntityKind::Product, Scope::Header, "sku").unwrap().required);
-        assert!(!resolve(EntityKind::Product, Scope::Header, "name").unwrap().required);
+        assert!(
+            resolve(EntityKind::Customer, Scope::Header, "source_id")
+                .unwrap()
+                .required
+        );
+        assert!(
+            resolve(EntityKind::Product, Scope::Header, "sku")
+                .unwrap()
+                .required
+        );
+        assert!(
+            !resolve(EntityKind::Product, Scope::Header, "name")
+                .unwrap()
+                .required
+        );
         let t = resolve(EntityKind::Order, Scope::Line, "quantity").unwrap();
         assert_eq!(t.ty, ValueType::Decimal);
         assert!(!t.required);
@@ -363,6 +388,9 @@ mod tests {
         assert!(names.contains(&"address.postcode"));
         assert!(names.contains(&"identifier.<scheme>"));
         assert_eq!(line_target_names().len(), 7);
-        assert_eq!(required_rules(EntityKind::SupplierItem), ["supplier_id", "sku"]);
+        assert_eq!(
+            required_rules(EntityKind::SupplierItem),
+            ["supplier_id", "sku"]
+        );
     }
 }

@@ -101,7 +101,11 @@ fn args<'a>(
 }
 
 fn arg<'a>(table: &'a RawTable, name: &str) -> Option<&'a Spanned<RawValue>> {
-    table.0.iter().find(|(k, _)| k.get_ref() == name).map(|(_, v)| v)
+    table
+        .0
+        .iter()
+        .find(|(k, _)| k.get_ref() == name)
+        .map(|(_, v)| v)
 }
 
 fn string_arg(
@@ -138,11 +142,7 @@ fn required_string(
     })
 }
 
-fn scalar_json(
-    transform: &str,
-    what: &str,
-    value: &Spanned<RawValue>,
-) -> Result<Value, SpecError> {
+fn scalar_json(transform: &str, what: &str, value: &Spanned<RawValue>) -> Result<Value, SpecError> {
     match value.get_ref() {
         RawValue::Array(_) | RawValue::Table(_) => Err(err(
             span_of(value),
@@ -273,7 +273,10 @@ impl Transform {
                 };
                 let mut values = HashMap::with_capacity(entries.0.len());
                 for (key, mapped) in &entries.0 {
-                    values.insert(key.get_ref().clone(), scalar_json("map", "a value", mapped)?);
+                    values.insert(
+                        key.get_ref().clone(),
+                        scalar_json("map", "a value", mapped)?,
+                    );
                 }
                 let known = entries
                     .0
@@ -377,12 +380,9 @@ impl Transform {
                 region,
                 region_name,
             } => match phonenumber::parse(Some(*region), text.trim()) {
-                Ok(number) if number.is_valid() => Value::String(
-                    number
-                        .format()
-                        .mode(phonenumber::Mode::E164)
-                        .to_string(),
-                ),
+                Ok(number) if number.is_valid() => {
+                    Value::String(number.format().mode(phonenumber::Mode::E164).to_string())
+                }
                 _ => {
                     return Err(format!(
                         "not a phone number for region {region_name}: {}",
@@ -427,12 +427,10 @@ impl Transform {
                 Some(date) => Value::String(date.to_string()),
                 None => Value::Null,
             },
-            Transform::Datetime(format) => {
-                match coerce::datetime(&Value::String(text), format)? {
-                    Some(instant) => Value::String(instant.to_string()),
-                    None => Value::Null,
-                }
-            }
+            Transform::Datetime(format) => match coerce::datetime(&Value::String(text), format)? {
+                Some(instant) => Value::String(instant.to_string()),
+                None => Value::Null,
+            },
         })
     }
 }
@@ -485,7 +483,10 @@ mod tests {
 
     #[test]
     fn trim_upper_lower() {
-        assert_eq!(run("\"trim\"", json!("  Müller GmbH ")).unwrap(), json!("Müller GmbH"));
+        assert_eq!(
+            run("\"trim\"", json!("  Müller GmbH ")).unwrap(),
+            json!("Müller GmbH")
+        );
         assert_eq!(run("\"upper\"", json!("de")).unwrap(), json!("DE"));
         assert_eq!(run("\"lower\"", json!("ÄB")).unwrap(), json!("äb"));
         assert_eq!(run("\"upper\"", json!(12)).unwrap(), json!("12"));
@@ -497,7 +498,10 @@ mod tests {
 
     #[test]
     fn email() {
-        assert_eq!(run("\"email\"", json!(" Info@Example.DE ")).unwrap(), json!("info@example.de"));
+        assert_eq!(
+            run("\"email\"", json!(" Info@Example.DE ")).unwrap(),
+            json!("info@example.de")
+        );
         assert_eq!(
             run("\"email\"", json!("info at example.de")).unwrap_err(),
             r#"not an e-mail address: "info at example.de""#
@@ -511,7 +515,10 @@ mod tests {
     fn phone() {
         let t = "{ phone = { region = \"DE\" } }";
         assert_eq!(run(t, json!("030 1234567")).unwrap(), json!("+49301234567"));
-        assert_eq!(run(t, json!("+44 20 7946 0958")).unwrap(), json!("+442079460958"));
+        assert_eq!(
+            run(t, json!("+44 20 7946 0958")).unwrap(),
+            json!("+442079460958")
+        );
         assert_eq!(
             run(t, json!("12")).unwrap_err(),
             r#"not a phone number for region DE: "12""#
@@ -535,7 +542,8 @@ mod tests {
 
     #[test]
     fn map() {
-        let t = "{ map = { values = { sale = \"open\", done = \"fulfilled\" }, default = \"open\" } }";
+        let t =
+            "{ map = { values = { sale = \"open\", done = \"fulfilled\" }, default = \"open\" } }";
         assert_eq!(run(t, json!("done")).unwrap(), json!("fulfilled"));
         assert_eq!(run(t, json!("draft")).unwrap(), json!("open"));
         let strict = "{ map = { values = { A = \"open\", B = \"cancelled\" } } }";
@@ -585,8 +593,14 @@ mod tests {
 
     #[test]
     fn date_and_datetime() {
-        assert_eq!(run("{ date = \"%Y%m%d\" }", json!("20240501")).unwrap(), json!("2024-05-01"));
-        assert_eq!(run("{ date = \"%Y%m%d\" }", json!("00000000")).unwrap(), Value::Null);
+        assert_eq!(
+            run("{ date = \"%Y%m%d\" }", json!("20240501")).unwrap(),
+            json!("2024-05-01")
+        );
+        assert_eq!(
+            run("{ date = \"%Y%m%d\" }", json!("00000000")).unwrap(),
+            Value::Null
+        );
         assert_eq!(
             run("{ date = \"sap_json\" }", json!("/Date(1714521600000)/")).unwrap(),
             json!("2024-05-01")
@@ -609,11 +623,17 @@ mod tests {
     fn unknown_and_malformed_transforms() {
         assert_eq!(
             message("\"trimm\""),
-            ("unknown transform `trimm` (did you mean `trim`?)".into(), Some(4..11))
+            (
+                "unknown transform `trimm` (did you mean `trim`?)".into(),
+                Some(4..11)
+            )
         );
         assert_eq!(
             message("{ uper = {} }"),
-            ("unknown transform `uper` (did you mean `upper`?)".into(), Some(6..10))
+            (
+                "unknown transform `uper` (did you mean `upper`?)".into(),
+                Some(6..10)
+            )
         );
         assert_eq!(
             message("{ trim = true }").0,
