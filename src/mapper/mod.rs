@@ -228,15 +228,7 @@ impl Mapping {
         let mut lines = Vec::new();
         if let Some(group) = &self.lines {
             let mut elements = Vec::new();
-            if group.path.is_multi() {
-                group.path.get_all(raw, &mut elements);
-            } else {
-                match group.path.get(raw) {
-                    Some(Value::Array(items)) => elements.extend(items),
-                    Some(single) => elements.push(single),
-                    None => {}
-                }
-            }
+            group.path.get_group(raw, &mut elements);
             for (i, element) in elements.into_iter().filter(|e| !e.is_null()).enumerate() {
                 let mut line = Fields::default();
                 for rule in &group.fields {

@@ -441,14 +441,7 @@ impl FieldRule {
         let mut produced = match &self.source {
             Source::Path(path) if self.target.list => {
                 let mut found = Vec::new();
-                if path.is_multi() {
-                    path.get_all(root, &mut found);
-                } else if let Some(value) = path.get(root) {
-                    match value {
-                        Value::Array(items) => found.extend(items),
-                        single => found.push(single),
-                    }
-                }
+                path.get_list(root, &mut found);
                 Produced::Many(
                     found
                         .into_iter()
