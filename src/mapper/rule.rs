@@ -152,7 +152,7 @@ fn constant(target: &Target, key: &str, value: &Spanned<RawValue>) -> Result<Val
                 target.name
             ),
         )),
-        RawValue::Array(items) if !target.list => Err(err(
+        RawValue::Array(_) if !target.list => Err(err(
             value.span(),
             format!(
                 "`{key}` of field `{}` must be a scalar, found an array ({} takes one value)",
