@@ -107,36 +107,69 @@ impl Path {
         Some(text_of(current))
     }
 
-    /// Every value at this path, in document order, appended to `out`.
+    /// Every value at this path, in document order, appended to `out`; elements with
+    /// attributes stand for their `#text`.
     pub fn get_all<'a>(&self, root: &'a Value, out: &mut Vec<&'a Value>) {
-        collect(&self.steps, root, out);
+        collect(&self.steps, root, out, true);
+    }
+
+    /// Every value of a list source: all matches of a `[*]` path, or the elements of the array
+    /// a plain path reaches (a single value counts as one).
+    pub fn get_list<'a>(&self, root: &'a Value, out: &mut Vec<&'a Value>) {
+        self.elements(root, out, true);
+    }
+
+    /// The elements of a repeating group (order lines), as whole elements: an element is a
+    /// record of its own, so its `#text` does not stand for it.
+    pub fn get_group<'a>(&self, root: &'a Value, out: &mut Vec<&'a Value>) {
+        self.elements(root, out, false);
+    }
+
+    fn elements<'a>(&self, root: &'a Value, out: &mut Vec<&'a Value>, unwrap_text: bool) {
+        let start = out.len();
+        collect(&self.steps, root, out, unwrap_text);
+        if !self.is_multi()
+            && let [Value::Array(items)] = &out[start..]
+        {
+            let items: &'a Vec<Value> = items;
+            out.truncate(start);
+            out.extend(
+                items
+                    .iter()
+                    .map(|item| if unwrap_text { text_of(item) } else { item }),
+            );
+        }
     }
 }
 
-fn collect<'a>(steps: &[Step], current: &'a Value, out: &mut Vec<&'a Value>) {
+fn collect<'a>(steps: &[Step], current: &'a Value, out: &mut Vec<&'a Value>, unwrap_text: bool) {
     let Some((step, rest)) = steps.split_first() else {
-        out.push(text_of(current));
+        out.push(if unwrap_text {
+            text_of(current)
+        } else {
+            current
+        });
         return;
     };
     match step {
         Step::Key(key) => {
             if let Some(next) = key_of(current, key) {
-                collect(rest, next, out);
+                collect(rest, next, out, unwrap_text);
             }
         }
         Step::Index(i) => {
             if let Some(next) = index_of(current, *i) {
-                collect(rest, next, out);
+                collect(rest, next, out, unwrap_text);
             }
         }
         Step::All => match current {
             Value::Array(items) => {
                 for item in items {
-                    collect(rest, item, out);
+                    collect(rest, item, out, unwrap_text);
                 }
             }
             Value::Null => {}
-            single => collect(rest, single, out),
+            single => collect(rest, single, out, unwrap_text),
         },
     }
 }
@@ -215,6 +248,21 @@ mod tests {
             vec![json!("a@b.de"), json!("c@d.de")]
         );
         assert_eq!(all("MISSING[*]", &repeated), Vec::<Value>::new());
+    }
+
+    #[test]
+    fn lists_and_groups() {
+        let v =
+            json!({"M": [{"#text": "a", "@t": "1"}, "b"], "G": {"@id": "1", "#text": "x", "Q": 2}});
+        let mut out = Vec::new();
+        Path::parse("M").unwrap().get_list(&v, &mut out);
+        assert_eq!(out, [&json!("a"), &json!("b")]);
+        out.clear();
+        Path::parse("G").unwrap().get_group(&v, &mut out);
+        assert_eq!(out, [&v["G"]], "a group element stays whole");
+        out.clear();
+        Path::parse("G[*]").unwrap().get_group(&v, &mut out);
+        assert_eq!(out, [&v["G"]]);
     }
 
     #[test]

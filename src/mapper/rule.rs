@@ -152,7 +152,7 @@ fn constant(target: &Target, key: &str, value: &Spanned<RawValue>) -> Result<Val
                 target.name
             ),
         )),
-        RawValue::Array(items) if !target.list => Err(err(
+        RawValue::Array(_) if !target.list => Err(err(
             value.span(),
             format!(
                 "`{key}` of field `{}` must be a scalar, found an array ({} takes one value)",
@@ -441,14 +441,7 @@ impl FieldRule {
         let mut produced = match &self.source {
             Source::Path(path) if self.target.list => {
                 let mut found = Vec::new();
-                if path.is_multi() {
-                    path.get_all(root, &mut found);
-                } else if let Some(value) = path.get(root) {
-                    match value {
-                        Value::Array(items) => found.extend(items),
-                        single => found.push(single),
-                    }
-                }
+                path.get_list(root, &mut found);
                 Produced::Many(
                     found
                         .into_iter()

@@ -193,13 +193,14 @@ impl<'de> Deserialize<'de> for RawTable {
     }
 }
 
-/// Parses a mapping file. TOML datetimes surface from the `toml` crate as an internal marker
-/// that no spanned key can hold; the message is rewritten to say what to write instead.
+/// Parses a mapping file into its raw types.
 pub fn parse(text: &str) -> Result<MappingSpec, toml::de::Error> {
     toml::from_str(text)
 }
 
-/// The message of a TOML parse error, with the datetime marker explained.
+/// The message of a TOML parse error. A TOML datetime reaches [`RawValue`] as the `toml`
+/// crate's internal marker table, which no spanned key can hold; that message is rewritten
+/// to say what to write instead.
 pub fn describe_toml_error(error: &toml::de::Error) -> String {
     let message = error.message();
     if message.contains("$__toml_private_datetime") {

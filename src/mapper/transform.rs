@@ -347,6 +347,13 @@ impl Transform {
                     Transform::Datetime(format)
                 }
             }
+            "concat" => {
+                return Err(err(
+                    span_of(name),
+                    "`concat` is a field source, not a transform: write \
+                     { concat = [\"A\", \"B\"], separator = \" \" } as the field's rule",
+                ));
+            }
             other => return Err(Transform::unknown(other, span_of(name))),
         })
     }
@@ -644,5 +651,10 @@ mod tests {
             "a transform table has exactly one key, the transform's name, e.g. { phone = { region = \"DE\" } }"
         );
         assert!(message("3").0.ends_with("found an integer"));
+        assert_eq!(
+            message("{ concat = [\"A\"] }").0,
+            "`concat` is a field source, not a transform: write { concat = [\"A\", \"B\"], \
+             separator = \" \" } as the field's rule"
+        );
     }
 }
