@@ -249,10 +249,11 @@ fn the_readme_examples_validate_and_their_mapping_tests_pass() {
     let mut files: Vec<(String, String)> = Vec::new();
     for block in readme.split("```toml\n").skip(1) {
         let body = block.split("```").next().unwrap();
-        if let Some(name) = body.lines().next().and_then(|l| l.strip_prefix("# ")) {
-            if name.ends_with(".toml") && name.contains('/') {
-                files.push((name.to_string(), body.to_string()));
-            }
+        if let Some(name) = body.lines().next().and_then(|l| l.strip_prefix("# "))
+            && name.ends_with(".toml")
+            && name.contains('/')
+        {
+            files.push((name.to_string(), body.to_string()));
         }
     }
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
