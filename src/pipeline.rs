@@ -221,6 +221,40 @@ async fn run_streams(
         event_source: format!("urn:conflux:{}", config.instance),
         run_id,
     };
+    // Events of batches committed before a stream failed are delivered all the same; the
+    // stream's error is reported after the relay has run.
+    let synced = sync_streams(config, pairs, store, &batcher, &mut summary).await;
+
+    let settings = RelaySettings {
+        batch_size: config.feed.batch_size as i64,
+        retry_budget: config.feed.retry_budget,
+        ..RelaySettings::default()
+    };
+    let report = relay::drain(store, sink, &settings).await?;
+    summary.events_delivered = report.delivered;
+    summary.events_pending = report.pending;
+    synced?;
+    if report.pending > 0 {
+        return Err(PipelineError::Undelivered {
+            pending: report.pending,
+            destination: sink.describe(),
+            error: report
+                .last_error
+                .unwrap_or_else(|| "retry budget exhausted".into()),
+            summary: Box::new(summary),
+        });
+    }
+    Ok(summary)
+}
+
+/// Syncs each `(connector, stream)` pair in order, one committed batch at a time.
+async fn sync_streams(
+    config: &Config,
+    pairs: &[(String, String)],
+    store: &dyn Store,
+    batcher: &Batcher<'_>,
+    summary: &mut RunSummary,
+) -> Result<(), PipelineError> {
     for (connector_id, stream_name) in pairs {
         let connector = &config.connectors[connector_id];
         let Transport::File(file) = &connector.transport;
@@ -249,14 +283,7 @@ async fn run_streams(
             let mut tx = store.begin().await?;
             let read = batch.items.len() as u64;
             batcher
-                .process(
-                    tx.as_mut(),
-                    connector,
-                    stream_name,
-                    mapping,
-                    batch,
-                    &mut summary,
-                )
+                .process(tx.as_mut(), connector, stream_name, mapping, batch, summary)
                 .await?;
             tx.commit().await?;
             if matches!(checkpoint, Checkpoint::FileDone(_)) {
@@ -279,25 +306,7 @@ async fn run_streams(
         );
     }
 
-    let settings = RelaySettings {
-        batch_size: config.feed.batch_size as i64,
-        retry_budget: config.feed.retry_budget,
-        ..RelaySettings::default()
-    };
-    let report = relay::drain(store, sink, &settings).await?;
-    summary.events_delivered = report.delivered;
-    summary.events_pending = report.pending;
-    if report.pending > 0 {
-        return Err(PipelineError::Undelivered {
-            pending: report.pending,
-            destination: sink.describe(),
-            error: report
-                .last_error
-                .unwrap_or_else(|| "retry budget exhausted".into()),
-            summary: Box::new(summary),
-        });
-    }
-    Ok(summary)
+    Ok(())
 }
 
 fn file_settings(stream: &FileStream) -> FileStreamSettings {

@@ -146,3 +146,54 @@ async fn broken_rows_truncated_xml_and_wrong_types_are_quarantined_and_the_rest_
     assert_eq!(c1["data"]["metrics"]["order_count"], 1);
     assert_eq!(c1["data"]["metrics"]["lifetime_value"]["amount"], "10.5");
 }
+
+#[tokio::test]
+async fn a_failing_stream_fails_the_run_but_events_already_committed_are_delivered() {
+    let config = CONFIG.replace(
+        r#"sync = ["drops"]"#,
+        r#"sync = ["drops.customers", "late"]"#,
+    );
+    let late = "kind = \"file\"\ndir = \"late\"\n\n[[stream]]\nname = \"customers\"\npattern = \"*.csv\"\nformat = \"csv\"\nmapping = \"drops.customer\"\n";
+    let project = project_with(&[
+        ("config/bad.toml", config.as_bytes()),
+        ("connectors/drops.toml", CONNECTOR.as_bytes()),
+        ("connectors/late.toml", late.as_bytes()),
+        ("mappings/drops.customer.toml", CUSTOMER_MAPPING.as_bytes()),
+        ("mappings/drops.order.toml", ORDER_MAPPING.as_bytes()),
+        ("drops/customers.csv", CUSTOMERS_CSV.as_bytes()),
+    ]);
+    let config = load(project.path(), "config/bad.toml");
+    let error = pipeline::run(&config, Some("drops")).await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.starts_with("connector late, stream customers: "),
+        "{message}"
+    );
+    assert!(
+        message.contains("late"),
+        "the missing directory is named: {message}"
+    );
+    let feed = read_feed(&project.path().join(".conflux/feed.ndjson"));
+    assert_eq!(
+        feed.len(),
+        2,
+        "the committed customers' events went out before the failure was reported"
+    );
+
+    std::fs::create_dir(project.path().join("late")).unwrap();
+    std::fs::write(
+        project.path().join("late/more.csv"),
+        "id,name,email\nc5,Eva Lind,eva@example.com\n",
+    )
+    .unwrap();
+    let summary = pipeline::run(&config, Some("drops")).await.unwrap();
+    assert_eq!(
+        summary.records_read, 1,
+        "the first stream's file is not read twice"
+    );
+    assert_eq!(summary.profiles_created, 1);
+    assert_eq!(
+        read_feed(&project.path().join(".conflux/feed.ndjson")).len(),
+        3
+    );
+}
