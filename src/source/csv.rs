@@ -267,25 +267,12 @@ impl<R: BufRead> Iterator for CsvRecords<R> {
 mod tests {
     use super::*;
     use crate::source::file::{FileFormat, TextEncoding};
+    use crate::source::test_items::{broken, record};
 
     fn parse(bytes: &[u8], settings: &FileStreamSettings) -> Vec<RawItem> {
         CsvRecords::new(bytes, settings, "in.csv")
             .collect::<io::Result<Vec<_>>>()
             .unwrap()
-    }
-
-    fn record(item: &RawItem) -> &RawRecord {
-        match item {
-            RawItem::Record(record) => record,
-            RawItem::Broken(broken) => panic!("unexpected broken item: {broken:?}"),
-        }
-    }
-
-    fn broken(item: &RawItem) -> &BrokenRecord {
-        match item {
-            RawItem::Broken(broken) => broken,
-            RawItem::Record(record) => panic!("unexpected record: {record:?}"),
-        }
     }
 
     #[test]

@@ -684,27 +684,13 @@ impl Source for FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{BrokenRecord, RawRecord};
+    use crate::source::test_items::{broken, record};
     use serde_json::json;
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/files")
             .join(name)
-    }
-
-    fn record(item: &RawItem) -> &RawRecord {
-        match item {
-            RawItem::Record(record) => record,
-            RawItem::Broken(broken) => panic!("unexpected broken item: {broken:?}"),
-        }
-    }
-
-    fn broken(item: &RawItem) -> &BrokenRecord {
-        match item {
-            RawItem::Broken(broken) => broken,
-            RawItem::Record(record) => panic!("unexpected record: {record:?}"),
-        }
     }
 
     fn csv_settings(batch_size: usize) -> FileStreamSettings {

@@ -284,6 +284,7 @@ fn select(document: Value, path: &str) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::test_items::{broken as broken_item, record};
 
     fn ndjson(input: &[u8]) -> Vec<RawItem> {
         NdjsonRecords::new(input, "in.ndjson")
@@ -295,20 +296,6 @@ mod tests {
         json_records(input, records, "in.json")
             .collect::<io::Result<Vec<_>>>()
             .unwrap()
-    }
-
-    fn record(item: &RawItem) -> &RawRecord {
-        match item {
-            RawItem::Record(record) => record,
-            RawItem::Broken(broken) => panic!("unexpected broken item: {broken:?}"),
-        }
-    }
-
-    fn broken_item(item: &RawItem) -> &BrokenRecord {
-        match item {
-            RawItem::Broken(broken) => broken,
-            RawItem::Record(record) => panic!("unexpected record: {record:?}"),
-        }
     }
 
     #[test]

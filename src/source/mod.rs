@@ -107,3 +107,23 @@ pub trait Source: Send {
         Ok(())
     }
 }
+
+/// Test helpers shared by the readers' tests.
+#[cfg(test)]
+pub(crate) mod test_items {
+    use super::{BrokenRecord, RawItem, RawRecord};
+
+    pub(crate) fn record(item: &RawItem) -> &RawRecord {
+        match item {
+            RawItem::Record(record) => record,
+            RawItem::Broken(broken) => panic!("unexpected broken item: {broken:?}"),
+        }
+    }
+
+    pub(crate) fn broken(item: &RawItem) -> &BrokenRecord {
+        match item {
+            RawItem::Broken(broken) => broken,
+            RawItem::Record(record) => panic!("unexpected record: {record:?}"),
+        }
+    }
+}

@@ -500,26 +500,13 @@ impl<R: BufRead> Iterator for XmlRecords<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::test_items::{broken, record};
     use serde_json::json;
 
     fn parse(document: &[u8], path: &str) -> Vec<RawItem> {
         parse_xml_records(document, path, "in.xml")
             .collect::<io::Result<Vec<_>>>()
             .unwrap()
-    }
-
-    fn record(item: &RawItem) -> &RawRecord {
-        match item {
-            RawItem::Record(record) => record,
-            RawItem::Broken(broken) => panic!("unexpected broken item: {broken:?}"),
-        }
-    }
-
-    fn broken(item: &RawItem) -> &BrokenRecord {
-        match item {
-            RawItem::Broken(broken) => broken,
-            RawItem::Record(record) => panic!("unexpected record: {record:?}"),
-        }
     }
 
     fn fixture() -> Vec<u8> {
