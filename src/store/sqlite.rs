@@ -536,8 +536,10 @@ impl StoreTx for SqliteTx {
 
     async fn customers_of(&mut self, profile_id: Uuid) -> Result<Vec<Customer>, StoreError> {
         let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            // CROSS JOIN fixes the join order: without statistics SQLite may otherwise walk
+            // every customer record through the entity index instead of the profile's links.
             "SELECT r.system, r.stream, r.source_id, r.body FROM links l \
-             JOIN records r ON r.system = l.system AND r.stream = l.stream \
+             CROSS JOIN records r ON r.system = l.system AND r.stream = l.stream \
                            AND r.source_id = l.source_id \
              WHERE l.profile_id = $1 AND r.entity = 'customer' \
              ORDER BY r.system, r.stream, r.source_id",
@@ -565,7 +567,9 @@ impl StoreTx for SqliteTx {
         customer_id: &str,
     ) -> Result<Vec<Order>, StoreError> {
         let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT stream, source_id, body FROM records \
+            // Without statistics SQLite may pick the primary key (system only) and scan the
+            // whole system; the customer index answers this exactly.
+            "SELECT stream, source_id, body FROM records INDEXED BY records_by_customer \
              WHERE entity = 'order' AND system = $1 AND customer_id = $2 \
              ORDER BY stream, source_id",
         )
