@@ -5,8 +5,15 @@
 //! transaction. Everything one batch changes goes through one `StoreTx` and becomes visible
 //! at [`StoreTx::commit`] or not at all. [`sqlite::SqliteStore`] is the embedded
 //! implementation; the schema lives in numbered migrations under `migrations/sqlite`.
+//!
+//! `StoreTx` has a small required surface of one-row operations and set-based variants on
+//! top (`upsert_records`, `keys_and_links`, ...) whose default implementations loop over the
+//! one-row ones. The pipeline calls the set-based variants once per batch; a backend
+//! overrides them with a few statements per batch instead of a few per record.
 
 pub mod sqlite;
+
+use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -158,4 +165,99 @@ pub trait StoreTx: Send {
     ) -> Result<(), StoreError>;
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// [`StoreTx::upsert_record`] for a whole batch, in order: a source ref that appears twice
+    /// is inserted by its first occurrence and updated (or unchanged) by the later ones.
+    async fn upsert_records(
+        &mut self,
+        records: &[Record],
+        run_id: i64,
+    ) -> Result<Vec<Upsert>, StoreError> {
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in records {
+            outcomes.push(self.upsert_record(record, run_id).await?);
+        }
+        Ok(outcomes)
+    }
+
+    /// [`StoreTx::set_match_keys`] for many records.
+    async fn set_match_keys_many(
+        &mut self,
+        keys: &[(SourceRef, Vec<String>)],
+    ) -> Result<(), StoreError> {
+        for (record, keys) in keys {
+            self.set_match_keys(record, keys).await?;
+        }
+        Ok(())
+    }
+
+    /// The match keys (sorted) and current link of each record, in input order.
+    async fn keys_and_links(
+        &mut self,
+        records: &[SourceRef],
+    ) -> Result<Vec<(Vec<String>, Option<Uuid>)>, StoreError> {
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            let keys = self.match_keys(record).await?;
+            let link = self.link_of(record).await?;
+            out.push((keys, link));
+        }
+        Ok(out)
+    }
+
+    /// The customer records of each profile (profiles without any are absent).
+    async fn customers_of_many(
+        &mut self,
+        profiles: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<Customer>>, StoreError> {
+        let mut out = HashMap::new();
+        for &profile in profiles {
+            let customers = self.customers_of(profile).await?;
+            if !customers.is_empty() {
+                out.insert(profile, customers);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The orders of each customer `(system, customer_id)`, keyed like the input.
+    async fn orders_of_customers(
+        &mut self,
+        customers: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Vec<Order>>, StoreError> {
+        let mut out = HashMap::new();
+        for (system, customer_id) in customers {
+            let orders = self.orders_of_customer(system, customer_id).await?;
+            if !orders.is_empty() {
+                out.insert((system.clone(), customer_id.clone()), orders);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The profiles linked to any of these customers `(system, source_id)`.
+    async fn profiles_of_customer_ids(
+        &mut self,
+        customers: &[(String, String)],
+    ) -> Result<BTreeSet<Uuid>, StoreError> {
+        let mut out = BTreeSet::new();
+        for (system, customer_id) in customers {
+            out.extend(self.profiles_of_customer_id(system, customer_id).await?);
+        }
+        Ok(out)
+    }
+
+    /// The latest stored version and content hash of each profile that has one.
+    async fn latest_profiles(
+        &mut self,
+        profiles: &[Uuid],
+    ) -> Result<HashMap<Uuid, (i64, String)>, StoreError> {
+        let mut out = HashMap::new();
+        for &profile in profiles {
+            if let Some(latest) = self.latest_profile(profile).await? {
+                out.insert(profile, latest);
+            }
+        }
+        Ok(out)
+    }
 }
