@@ -9,7 +9,7 @@
 //! stream the relay drains the outbox into the configured [`Sink`]; events that cannot be
 //! delivered stay in the outbox for the next run. [`RunSummary`] counts everything.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::IsTerminal;
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::config::{Config, ConnectorConfig, FileStream, SinkConfig, StoreConfig, Transport};
 use crate::mapper::{MapContext, Mapping};
 use crate::model::event::{EventType, ProfileEvent};
-use crate::model::{Record, SourceRef};
+use crate::model::{Order, Record, SourceRef};
 use crate::profile::{self, ProfileSettings};
 use crate::resolver::{self, LinkInput};
 use crate::sink::Sink;
@@ -387,134 +387,137 @@ impl Batcher<'_> {
             raw,
             reason,
         };
-        let mut changed_customers = Vec::new();
-        let mut order_customers = BTreeSet::new();
+        let mut records = Vec::with_capacity(batch.items.len());
         for item in batch.items {
             summary.records_read += 1;
             let entry = match item {
-                RawItem::Broken(broken) => Some(quarantine(
-                    broken.origin.to_string(),
-                    broken.raw,
-                    broken.reason,
-                )),
+                RawItem::Broken(broken) => {
+                    quarantine(broken.origin.to_string(), broken.raw, broken.reason)
+                }
                 RawItem::Record(raw) => match mapping.apply(&raw.value, &ctx) {
-                    Err(error) => Some(quarantine(
+                    Err(error) => quarantine(
                         raw.origin.to_string(),
                         raw.value.to_string(),
                         error.to_string(),
-                    )),
+                    ),
                     Ok(record) => match check_record(&record, &self.settings) {
-                        Err(reason) => Some(quarantine(
-                            record.source().to_string(),
-                            raw.value.to_string(),
-                            reason,
-                        )),
+                        Err(reason) => {
+                            quarantine(record.source().to_string(), raw.value.to_string(), reason)
+                        }
                         Ok(()) => {
-                            summary.records_mapped += 1;
-                            match tx.upsert_record(&record, self.run_id).await? {
-                                Upsert::Unchanged => summary.records_unchanged += 1,
-                                outcome => {
-                                    if outcome == Upsert::Inserted {
-                                        summary.records_inserted += 1;
-                                    } else {
-                                        summary.records_updated += 1;
-                                    }
-                                    match record {
-                                        Record::Customer(c) => changed_customers.push(c),
-                                        Record::Order(o) => {
-                                            if let Some(customer) = o.customer_id {
-                                                order_customers.insert((o.source.system, customer));
-                                            }
-                                        }
-                                        _ => {}
-                                    }
-                                }
-                            }
-                            None
+                            records.push(record);
+                            continue;
                         }
                     },
                 },
             };
-            if let Some(entry) = entry {
-                tracing::warn!(
-                    connector = %entry.connector,
-                    stream = %entry.stream,
-                    record = %entry.source_ref,
-                    reason = %entry.reason,
-                    "Record quarantined."
-                );
-                summary.records_quarantined += 1;
-                tx.quarantine(&entry, self.run_id).await?;
-            }
+            tracing::warn!(
+                connector = %entry.connector,
+                stream = %entry.stream,
+                record = %entry.source_ref,
+                reason = %entry.reason,
+                "Record quarantined."
+            );
+            summary.records_quarantined += 1;
+            tx.quarantine(&entry, self.run_id).await?;
         }
         if let Checkpoint::FileDone(file) = &batch.checkpoint {
             tx.mark_ingested(&connector.id, stream, file).await?;
         }
 
+        summary.records_mapped += records.len() as u64;
+        let outcomes = tx.upsert_records(&records, self.run_id).await?;
         let rules = &self.config.identity.match_on;
-        for customer in &changed_customers {
-            tx.set_match_keys(&customer.source, &resolver::match_keys(customer, rules))
-                .await?;
+        let mut customer_keys = Vec::new();
+        let mut order_customers = BTreeSet::new();
+        for (record, outcome) in records.into_iter().zip(outcomes) {
+            match outcome {
+                Upsert::Unchanged => {
+                    summary.records_unchanged += 1;
+                    continue;
+                }
+                Upsert::Inserted => summary.records_inserted += 1,
+                Upsert::Updated => summary.records_updated += 1,
+            }
+            match record {
+                Record::Customer(customer) => {
+                    let keys = resolver::match_keys(&customer, rules);
+                    customer_keys.push((customer.source, keys));
+                }
+                Record::Order(order) => {
+                    if let Some(customer) = order.customer_id {
+                        order_customers.insert((order.source.system, customer));
+                    }
+                }
+                _ => {}
+            }
         }
-        let changed: Vec<SourceRef> = changed_customers.into_iter().map(|c| c.source).collect();
+        tx.set_match_keys_many(&customer_keys).await?;
+        let changed: Vec<SourceRef> = customer_keys.into_iter().map(|(r, _)| r).collect();
         let (mut affected, merges) = relink(tx, changed).await?;
-        for (system, customer_id) in &order_customers {
-            affected.extend(tx.profiles_of_customer_id(system, customer_id).await?);
-        }
-        for profile_id in affected {
-            self.rebuild(tx, profile_id, merges.get(&profile_id), summary)
-                .await?;
-        }
-        Ok(())
+        let order_customers: Vec<(String, String)> = order_customers.into_iter().collect();
+        affected.extend(tx.profiles_of_customer_ids(&order_customers).await?);
+        self.rebuild(tx, &affected, &merges, summary).await
     }
 
-    /// Writes a new version of a profile when its content changed (or it absorbed others).
+    /// Writes a new version of each profile whose content changed (or that absorbed others).
     async fn rebuild(
         &self,
         tx: &mut dyn StoreTx,
-        profile_id: Uuid,
-        merged: Option<&Vec<Uuid>>,
+        profiles: &BTreeSet<Uuid>,
+        merges: &BTreeMap<Uuid, Vec<Uuid>>,
         summary: &mut RunSummary,
     ) -> Result<(), StoreError> {
-        let customers = tx.customers_of(profile_id).await?;
-        if customers.is_empty() {
-            return Ok(());
-        }
-        let mut orders = Vec::new();
-        for customer in &customers {
-            orders.extend(
-                tx.orders_of_customer(&customer.source.system, &customer.source.source_id)
-                    .await?,
+        let ids: Vec<Uuid> = profiles.iter().copied().collect();
+        let mut customers = tx.customers_of_many(&ids).await?;
+        let owners: Vec<(String, String)> = customers
+            .values()
+            .flatten()
+            .map(|c| (c.source.system.clone(), c.source.source_id.clone()))
+            .collect();
+        let mut orders = tx.orders_of_customers(&owners).await?;
+        let latest = tx.latest_profiles(&ids).await?;
+        for profile_id in ids {
+            let Some(members) = customers.remove(&profile_id) else {
+                continue;
+            };
+            let member_orders: Vec<Order> = members
+                .iter()
+                .filter_map(|c| {
+                    orders.remove(&(c.source.system.clone(), c.source.source_id.clone()))
+                })
+                .flatten()
+                .collect();
+            let latest = latest.get(&profile_id);
+            let merged_ids = merges.get(&profile_id).cloned().unwrap_or_default();
+            let version = latest.map_or(1, |(v, _)| v + 1);
+            let built = profile::build(
+                profile_id,
+                version,
+                merged_ids,
+                &members,
+                &member_orders,
+                &self.settings,
             );
+            let hash = built.content_hash();
+            let event_type = match latest {
+                _ if !built.merged_ids.is_empty() => EventType::Merged,
+                None => EventType::Created,
+                Some((_, old)) if *old == hash => continue,
+                Some(_) => EventType::Updated,
+            };
+            match event_type {
+                EventType::Created => summary.profiles_created += 1,
+                EventType::Updated => summary.profiles_updated += 1,
+                EventType::Merged => summary.profiles_merged += 1,
+            }
+            let event = ProfileEvent::new(&self.event_source, event_type, Timestamp::now(), built);
+            let body = serde_json::to_string(&event)
+                .map_err(|e| StoreError::Corrupt(format!("cannot serialise event: {e}")))?;
+            tx.write_profile(&event.data, &hash, event_type.as_str(), &body)
+                .await?;
         }
-        let latest = tx.latest_profile(profile_id).await?;
-        let merged_ids = merged.cloned().unwrap_or_default();
-        let version = latest.as_ref().map_or(1, |(v, _)| v + 1);
-        let built = profile::build(
-            profile_id,
-            version,
-            merged_ids,
-            &customers,
-            &orders,
-            &self.settings,
-        );
-        let hash = built.content_hash();
-        let event_type = match &latest {
-            _ if !built.merged_ids.is_empty() => EventType::Merged,
-            None => EventType::Created,
-            Some((_, old)) if *old == hash => return Ok(()),
-            Some(_) => EventType::Updated,
-        };
-        match event_type {
-            EventType::Created => summary.profiles_created += 1,
-            EventType::Updated => summary.profiles_updated += 1,
-            EventType::Merged => summary.profiles_merged += 1,
-        }
-        let event = ProfileEvent::new(&self.event_source, event_type, Timestamp::now(), built);
-        let body = serde_json::to_string(&event)
-            .map_err(|e| StoreError::Corrupt(format!("cannot serialise event: {e}")))?;
-        tx.write_profile(&event.data, &hash, event_type.as_str(), &body)
-            .await
+        Ok(())
     }
 }
 
@@ -529,15 +532,15 @@ async fn relink(
     let mut nodes: BTreeMap<SourceRef, LinkInput> = BTreeMap::new();
     let mut queried_keys: HashSet<String> = HashSet::new();
     let mut expanded: HashSet<Uuid> = HashSet::new();
-    let mut pending: VecDeque<SourceRef> = changed.into();
+    let mut pending: Vec<SourceRef> = changed;
     while !pending.is_empty() {
+        pending.sort();
+        pending.dedup();
+        pending.retain(|r| !nodes.contains_key(r));
+        let found = tx.keys_and_links(&pending).await?;
         let mut new_keys = Vec::new();
-        while let Some(record) = pending.pop_front() {
-            if nodes.contains_key(&record) {
-                continue;
-            }
-            let keys = tx.match_keys(&record).await?;
-            let current = tx.link_of(&record).await?;
+        let mut new_profiles = Vec::new();
+        for (record, (keys, current)) in std::mem::take(&mut pending).into_iter().zip(found) {
             new_keys.extend(
                 keys.iter()
                     .filter(|k| queried_keys.insert((*k).clone()))
@@ -546,12 +549,7 @@ async fn relink(
             if let Some(profile) = current
                 && expanded.insert(profile)
             {
-                pending.extend(
-                    tx.customers_of(profile)
-                        .await?
-                        .into_iter()
-                        .map(|c| c.source),
-                );
+                new_profiles.push(profile);
             }
             nodes.insert(
                 record.clone(),
@@ -562,13 +560,19 @@ async fn relink(
                 },
             );
         }
-        if !new_keys.is_empty() {
-            for (record, _) in tx.records_with_keys(&new_keys).await? {
-                if !nodes.contains_key(&record) {
-                    pending.push_back(record);
-                }
-            }
+        if !new_profiles.is_empty() {
+            let members = tx.customers_of_many(&new_profiles).await?;
+            pending.extend(members.into_values().flatten().map(|c| c.source));
         }
+        if !new_keys.is_empty() {
+            pending.extend(
+                tx.records_with_keys(&new_keys)
+                    .await?
+                    .into_iter()
+                    .map(|(record, _)| record),
+            );
+        }
+        pending.retain(|r| !nodes.contains_key(r));
     }
     let inputs: Vec<LinkInput> = nodes.into_values().collect();
     let resolution = resolver::resolve(&inputs, Uuid::now_v7);
