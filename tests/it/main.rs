@@ -6,4 +6,5 @@ mod amqp; // the feed on the real RabbitMQ: delivery, routing, outage and catch-
 mod bad_input; // broken CSV rows, truncated XML, wrong types: quarantined, the rest flows
 mod cli; // validate / test / preview / profiles through the real binary
 mod demo; // the bundled demo end to end on SQLite + NDJSON, and idempotent re-runs
+mod identity; // stable ids across runs, merges into the older id, splits
 mod schema; // the committed JSON Schema of the feed matches the types
