@@ -278,6 +278,7 @@ async fn sync_streams(
         .map_err(source_error)?;
         let progress = progress_bar(connector_id, stream_name);
         let before = summary.clone();
+        let mut last_report = std::time::Instant::now();
         while let Some(batch) = source.next_batch().await.map_err(source_error)? {
             let checkpoint = batch.checkpoint.clone();
             let mut tx = store.begin().await?;
@@ -294,6 +295,16 @@ async fn sync_streams(
                 .await
                 .map_err(source_error)?;
             progress.inc(read);
+            if progress.is_hidden() && last_report.elapsed() >= PROGRESS_LOG_INTERVAL {
+                last_report = std::time::Instant::now();
+                tracing::info!(
+                    connector = %connector_id,
+                    stream = %stream_name,
+                    read = summary.records_read - before.records_read,
+                    quarantined = summary.records_quarantined - before.records_quarantined,
+                    "Stream in progress."
+                );
+            }
         }
         progress.finish_and_clear();
         tracing::info!(
@@ -319,6 +330,9 @@ fn file_settings(stream: &FileStream) -> FileStreamSettings {
         batch_size: stream.batch_size,
     }
 }
+
+/// Without a terminal, a long stream logs its progress this often.
+const PROGRESS_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A bar on a terminal; hidden otherwise (the per-stream log line reports progress there).
 fn progress_bar(connector: &str, stream: &str) -> ProgressBar {
