@@ -1,11 +1,15 @@
-//! Record paths: [`Path`] is a compiled `a.b[0].c` / `group[*]` expression over a JSON tree.
+//! Record paths: [`Path`] is a compiled `a.b[0].c` / `group[*]` / `seg[QUALF=002]` expression
+//! over a JSON tree.
 //!
 //! Trees converted from XML put a single child element as an object and repeated children as
 //! an array, so resolution is tolerant: `[0]` on a non-array is the value itself, `[n>0]` on a
 //! non-array is absent, `[*]` on a non-array yields the value once, `.key` on an array steps
 //! into its first element, and an element with attributes (`{"@ATTR": .., "#text": ..}`)
-//! reached where a value is expected stands for its `#text`. A missing step is absent, never
-//! an error. Paths are parsed once, when the mapping is compiled.
+//! reached where a value is expected stands for its `#text`. A selector `[KEY=VALUE]` picks
+//! the first element whose child `KEY` reads (by those scalar rules) exactly as `VALUE`; it
+//! exists because IDoc segments are told apart by a qualifier field, not by position. A missing
+//! step or a selector without a match is absent, never an error. Paths are parsed once, when
+//! the mapping is compiled.
 
 use std::fmt;
 
@@ -16,6 +20,11 @@ enum Step {
     Key(String),
     Index(usize),
     All,
+    /// `[key=value]`: the first element whose child `key` reads as `value`.
+    Select {
+        key: String,
+        value: String,
+    },
 }
 
 /// A compiled path; displays as written.
@@ -32,8 +41,9 @@ impl fmt::Display for Path {
 }
 
 impl Path {
-    /// Parses `a.b[0].c`, `lines[*]`, `@attr`, `#text`. Keys may hold any character except
-    /// `.`, `[` and `]`.
+    /// Parses `a.b[0].c`, `lines[*]`, `seg[KEY=VALUE]`, `@attr`, `#text`. Keys may hold any
+    /// character except `.`, `[` and `]`; a selector's key also not `=`. A selector's value runs
+    /// to `]`, or is quoted with `'` or `"` to hold `]` or `=`.
     pub fn parse(text: &str) -> Result<Path, String> {
         if text.trim().is_empty() {
             return Err("empty path".to_owned());
@@ -43,22 +53,13 @@ impl Path {
         let mut expect_key = true;
         while !rest.is_empty() {
             if let Some(after) = rest.strip_prefix('[') {
-                let close = after
-                    .find(']')
-                    .ok_or_else(|| format!("invalid path `{text}`: `[` without `]`"))?;
-                let inner = &after[..close];
-                let step = if inner == "*" {
-                    Step::All
-                } else {
-                    inner.parse::<usize>().map(Step::Index).map_err(|_| {
-                        format!("invalid path `{text}`: `[{inner}]` is neither an index nor `[*]`")
-                    })?
-                };
+                let (step, after) =
+                    parse_bracket(after).map_err(|e| format!("invalid path `{text}`: {e}"))?;
                 if steps.is_empty() && expect_key {
                     return Err(format!("invalid path `{text}`: it must start with a key"));
                 }
                 steps.push(step);
-                rest = &after[close + 1..];
+                rest = after;
                 expect_key = false;
             } else if let Some(after) = rest.strip_prefix('.') {
                 if expect_key {
@@ -102,6 +103,7 @@ impl Path {
                 Step::Index(i) => index_of(current, *i)?,
                 // Callers use `get_all` for multi paths; a single lookup takes the first element.
                 Step::All => index_of(current, 0)?,
+                Step::Select { key, value } => select(current, key, value)?,
             };
         }
         Some(text_of(current))
@@ -171,6 +173,100 @@ fn collect<'a>(steps: &[Step], current: &'a Value, out: &mut Vec<&'a Value>, unw
             Value::Null => {}
             single => collect(rest, single, out, unwrap_text),
         },
+        Step::Select { key, value } => {
+            if let Some(next) = select(current, key, value) {
+                collect(rest, next, out, unwrap_text);
+            }
+        }
+    }
+}
+
+/// Parses what follows a `[` up to and including its `]`: `*`, an index or a selector.
+/// Returns the step and the text after the `]`; errors name only the problem, the caller adds
+/// the path.
+fn parse_bracket(after: &str) -> Result<(Step, &str), String> {
+    let unclosed = || "`[` without `]`".to_owned();
+    let stop = after.find(['=', ']']).ok_or_else(unclosed)?;
+    if after[stop..].starts_with(']') {
+        let inner = &after[..stop];
+        let step = if inner == "*" {
+            Step::All
+        } else {
+            inner.parse::<usize>().map(Step::Index).map_err(|_| {
+                format!("`[{inner}]` is neither an index, `[*]` nor a selector `[KEY=VALUE]`")
+            })?
+        };
+        return Ok((step, &after[stop + 1..]));
+    }
+    let key = &after[..stop];
+    if key.is_empty() {
+        return Err("selector `[=...]` has an empty key".to_owned());
+    }
+    if key.contains(['.', '[']) {
+        return Err(format!(
+            "selector key `{key}` must be one child name, without `.` or `[`"
+        ));
+    }
+    let literal = &after[stop + 1..];
+    let (value, rest) = match literal.chars().next() {
+        Some(quote @ ('\'' | '"')) => {
+            let body = &literal[1..];
+            let close = body
+                .find(quote)
+                .ok_or_else(|| format!("selector `[{key}=` has an unclosed {quote} quote"))?;
+            let value = &body[..close];
+            let rest = body[close + 1..].strip_prefix(']').ok_or_else(|| {
+                format!("selector `[{key}={quote}{value}{quote}` must end with `]` after the quote")
+            })?;
+            (value, rest)
+        }
+        _ => {
+            let close = literal.find(']').ok_or_else(unclosed)?;
+            let value = &literal[..close];
+            if value.is_empty() {
+                return Err(format!(
+                    "selector `[{key}=]` has an empty value; write `[{key}='']` to select an empty one"
+                ));
+            }
+            if value.contains('=') {
+                return Err(format!(
+                    "selector `[{key}={value}]` holds a second `=`; quote the value: `[{key}='{value}']`"
+                ));
+            }
+            (value, &literal[close + 1..])
+        }
+    };
+    Ok((
+        Step::Select {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        },
+        rest,
+    ))
+}
+
+/// The first element of an array (or the single object itself) whose child `key` reads as
+/// `value`. Elements that are not objects never match.
+fn select<'a>(current: &'a Value, key: &str, value: &str) -> Option<&'a Value> {
+    let matches = |element: &Value| match element {
+        Value::Object(map) => map.get(key).is_some_and(|child| reads_as(child, value)),
+        _ => false,
+    };
+    match current {
+        Value::Array(items) => items.iter().find(|item| matches(item)),
+        single if matches(single) => Some(single),
+        _ => None,
+    }
+}
+
+/// Whether a scalar reads as `literal`: strings exactly, numbers and booleans by their written
+/// form (so the number 12 does not read as `012`), an element with attributes by its `#text`.
+fn reads_as(value: &Value, literal: &str) -> bool {
+    match text_of(value) {
+        Value::String(text) => text == literal,
+        Value::Number(number) => number.to_string() == literal,
+        Value::Bool(flag) => flag.to_string() == literal,
+        _ => false,
     }
 }
 
@@ -274,6 +370,166 @@ mod tests {
     }
 
     #[test]
+    fn selector_picks_the_first_qualified_segment_wherever_it_stands() {
+        let v = json!({
+            "E1EDK03": [
+                {"@SEGMENT": "1", "IDDAT": "002", "DATUM": "20240424"},
+                {"@SEGMENT": "1", "IDDAT": "012", "DATUM": "20240318"},
+                {"@SEGMENT": "1", "IDDAT": "012", "DATUM": "20990101"},
+            ],
+        });
+        assert_eq!(
+            get("E1EDK03[IDDAT=012].DATUM", &v),
+            Some(json!("20240318")),
+            "the first match, not the first element"
+        );
+        assert_eq!(get("E1EDK03[IDDAT=002].DATUM", &v), Some(json!("20240424")));
+        assert_eq!(
+            get("E1EDK03[IDDAT=099].DATUM", &v),
+            None,
+            "no match is absent"
+        );
+        assert_eq!(
+            get("E1EDK03[IDDAT=12].DATUM", &v),
+            None,
+            "compared as strings"
+        );
+        assert_eq!(get("E1EDK03[QUALF=012].DATUM", &v), None, "missing key");
+        assert_eq!(
+            all("E1EDK03[IDDAT=012].DATUM", &v),
+            vec![json!("20240318")],
+            "a selector yields one element, also in multi lookups"
+        );
+    }
+
+    #[test]
+    fn selector_on_a_single_object_is_the_object_or_absent() {
+        let v = json!({"E1EDS01": {"SUMID": "002", "SUMME": "1850.00"}});
+        assert_eq!(get("E1EDS01[SUMID=002].SUMME", &v), Some(json!("1850.00")));
+        assert_eq!(get("E1EDS01[SUMID=001].SUMME", &v), None);
+        assert_eq!(get("MISSING[SUMID=002].SUMME", &v), None);
+        let scalars = json!({"M": ["002", {"SUMID": "002", "X": 1}], "S": "002", "N": null});
+        assert_eq!(
+            get("M[SUMID=002].X", &scalars),
+            Some(json!(1)),
+            "elements that are not objects never match"
+        );
+        assert_eq!(get("S[SUMID=002]", &scalars), None);
+        assert_eq!(get("N[SUMID=002]", &scalars), None);
+    }
+
+    #[test]
+    fn selector_reads_the_key_as_a_scalar() {
+        let v = json!({
+            "P": [
+                {"Q": {"@src": "x", "#text": "AG"}, "V": "text"},
+                {"Q": 12, "V": "number"},
+                {"Q": 1.5, "V": "decimal"},
+                {"Q": true, "V": "bool"},
+                {"Q": ["LS"], "V": "list"},
+                {"@role": "WE", "V": "attribute"},
+            ],
+        });
+        assert_eq!(
+            get("P[Q=AG].V", &v),
+            Some(json!("text")),
+            "`#text` stands for it"
+        );
+        assert_eq!(get("P[Q=12].V", &v), Some(json!("number")));
+        assert_eq!(get("P[Q=012].V", &v), None, "the number 12 is written `12`");
+        assert_eq!(get("P[Q=1.5].V", &v), Some(json!("decimal")));
+        assert_eq!(get("P[Q=true].V", &v), Some(json!("bool")));
+        assert_eq!(get("P[@role=WE].V", &v), Some(json!("attribute")));
+        assert_eq!(get("P[Q=ag].V", &v), None, "exact, case included");
+        assert_eq!(get("P[Q=LS].V", &v), None, "a repeated child is no scalar");
+    }
+
+    #[test]
+    fn selector_values_may_be_quoted() {
+        let v = json!({"T": [{"K": "a]b", "V": 1}, {"K": "x=y", "V": 2}, {"K": "", "V": 3}, {"K": "it's", "V": 4}]});
+        assert_eq!(get("T[K='a]b'].V", &v), Some(json!(1)));
+        assert_eq!(get("T[K=\"x=y\"].V", &v), Some(json!(2)));
+        assert_eq!(get("T[K=''].V", &v), Some(json!(3)));
+        assert_eq!(get("T[K=\"it's\"].V", &v), Some(json!(4)));
+        assert_eq!(get("T[K=a b].V", &v), None);
+        assert_eq!(
+            Path::parse("T[K='a]b'].V").unwrap().to_string(),
+            "T[K='a]b'].V",
+            "displays as written"
+        );
+    }
+
+    #[test]
+    fn selector_inside_groups_and_lists() {
+        let v = json!({
+            "E1EDP01": [
+                {"POSEX": "10", "E1EDP19": [{"QUALF": "003", "IDTNR": "GTIN-1"}, {"QUALF": "002", "IDTNR": "MAT-1"}]},
+                {"POSEX": "20", "E1EDP19": {"QUALF": "002", "IDTNR": "MAT-2"}},
+                {"POSEX": "30", "E1EDP19": {"QUALF": "003", "IDTNR": "GTIN-3"}},
+            ],
+        });
+        assert_eq!(
+            all("E1EDP01[*].E1EDP19[QUALF=002].IDTNR", &v),
+            vec![json!("MAT-1"), json!("MAT-2")]
+        );
+        let mut out = Vec::new();
+        Path::parse("E1EDP01[POSEX=20]")
+            .unwrap()
+            .get_group(&v, &mut out);
+        assert_eq!(out, [&v["E1EDP01"][1]], "a selected group is one element");
+        out.clear();
+        Path::parse("E1EDP01[0].E1EDP19[QUALF=002].IDTNR")
+            .unwrap()
+            .get_list(&v, &mut out);
+        assert_eq!(out, [&json!("MAT-1")]);
+        assert!(!Path::parse("E1EDP01[POSEX=20]").unwrap().is_multi());
+    }
+
+    #[test]
+    fn selector_parse_errors_name_the_problem() {
+        let cases = [
+            (
+                "a[=012].b",
+                "invalid path `a[=012].b`: selector `[=...]` has an empty key",
+            ),
+            ("a[IDDAT=012", "invalid path `a[IDDAT=012`: `[` without `]`"),
+            ("a[IDDAT", "invalid path `a[IDDAT`: `[` without `]`"),
+            (
+                "a[IDDAT].b",
+                "invalid path `a[IDDAT].b`: `[IDDAT]` is neither an index, `[*]` nor a selector `[KEY=VALUE]`",
+            ),
+            (
+                "a[IDDAT=]",
+                "invalid path `a[IDDAT=]`: selector `[IDDAT=]` has an empty value; write `[IDDAT='']` to select an empty one",
+            ),
+            (
+                "a[K=x=y]",
+                "invalid path `a[K=x=y]`: selector `[K=x=y]` holds a second `=`; quote the value: `[K='x=y']`",
+            ),
+            (
+                "a[K='x]",
+                "invalid path `a[K='x]`: selector `[K=` has an unclosed ' quote",
+            ),
+            (
+                "a[K=\"x\"y]",
+                "invalid path `a[K=\"x\"y]`: selector `[K=\"x\"` must end with `]` after the quote",
+            ),
+            (
+                "a[b.c=1]",
+                "invalid path `a[b.c=1]`: selector key `b.c` must be one child name, without `.` or `[`",
+            ),
+            (
+                "[K=1].b",
+                "invalid path `[K=1].b`: it must start with a key",
+            ),
+            ("a[K=1]b", "invalid path `a[K=1]b`: `.` expected after `]`"),
+        ];
+        for (path, message) in cases {
+            assert_eq!(Path::parse(path).unwrap_err(), message, "{path}");
+        }
+    }
+
+    #[test]
     fn parse_errors_name_the_problem() {
         assert_eq!(Path::parse("").unwrap_err(), "empty path");
         assert_eq!(
@@ -282,7 +538,7 @@ mod tests {
         );
         assert_eq!(
             Path::parse("a[x]").unwrap_err(),
-            "invalid path `a[x]`: `[x]` is neither an index nor `[*]`"
+            "invalid path `a[x]`: `[x]` is neither an index, `[*]` nor a selector `[KEY=VALUE]`"
         );
         assert_eq!(
             Path::parse("a[0").unwrap_err(),
