@@ -13,7 +13,8 @@
 //! never applies and no SQL is assembled at run time. Records are stored as their serde
 //! JSON and uuids and times as TEXT (RFC 3339, UTC).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::Hash;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -103,6 +104,26 @@ fn decode_record(body: &str, context: &str) -> Result<Record, StoreError> {
         .map_err(|error| StoreError::Corrupt(format!("{context}: undecodable record: {error}")))
 }
 
+fn decode_customer(body: &str, context: &str) -> Result<Customer, StoreError> {
+    match decode_record(body, context)? {
+        Record::Customer(customer) => Ok(customer),
+        other => Err(StoreError::Corrupt(format!(
+            "{context}: stored as a customer but holds a {} record",
+            other.kind()
+        ))),
+    }
+}
+
+fn decode_order(body: &str, context: &str) -> Result<Order, StoreError> {
+    match decode_record(body, context)? {
+        Record::Order(order) => Ok(order),
+        other => Err(StoreError::Corrupt(format!(
+            "{context}: stored as an order but holds a {} record",
+            other.kind()
+        ))),
+    }
+}
+
 /// A JSON array of the given values, bound as one parameter and expanded with `json_each`.
 fn json_list<T: serde::Serialize>(values: &[T], what: &str) -> Result<String, StoreError> {
     serde_json::to_string(values)
@@ -115,6 +136,30 @@ fn source_ref((system, stream, source_id): (String, String, String)) -> SourceRe
         stream,
         source_id,
     }
+}
+
+/// A source ref as the JSON triple `[system, stream, source_id]` that the batch statements
+/// take apart with `->> 0`, `->> 1` and `->> 2`.
+fn ref_triple(record: &SourceRef) -> (&str, &str, &str) {
+    (&record.system, &record.stream, &record.source_id)
+}
+
+/// The distinct items in the order they first appear.
+fn distinct<'a, T: Eq + Hash + ?Sized>(items: impl IntoIterator<Item = &'a T>) -> Vec<&'a T> {
+    let mut seen = HashSet::new();
+    items.into_iter().filter(|item| seen.insert(*item)).collect()
+}
+
+/// The index into the bound list that a batch row belongs to (`json_each`'s `key`).
+fn position(key: i64, len: usize) -> Result<usize, StoreError> {
+    usize::try_from(key)
+        .ok()
+        .filter(|&index| index < len)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "json_each returned position {key} for a list of {len}"
+            ))
+        })
 }
 
 /// Follows `retired_into` from `profile_id` to the profile that is still live, and returns
@@ -549,14 +594,7 @@ impl StoreTx for SqliteTx {
         .await?;
         rows.into_iter()
             .map(|(system, stream, source_id, body)| {
-                let context = source_ref((system, stream, source_id)).to_string();
-                match decode_record(&body, &context)? {
-                    Record::Customer(customer) => Ok(customer),
-                    other => Err(StoreError::Corrupt(format!(
-                        "{context}: stored as a customer but holds a {} record",
-                        other.kind()
-                    ))),
-                }
+                decode_customer(&body, &source_ref((system, stream, source_id)).to_string())
             })
             .collect()
     }
@@ -579,14 +617,7 @@ impl StoreTx for SqliteTx {
         .await?;
         rows.into_iter()
             .map(|(stream, source_id, body)| {
-                let context = format!("{system}/{stream}/{source_id}");
-                match decode_record(&body, &context)? {
-                    Record::Order(order) => Ok(order),
-                    other => Err(StoreError::Corrupt(format!(
-                        "{context}: stored as an order but holds a {} record",
-                        other.kind()
-                    ))),
-                }
+                decode_order(&body, &format!("{system}/{stream}/{source_id}"))
             })
             .collect()
     }
@@ -681,6 +712,319 @@ impl StoreTx for SqliteTx {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    async fn upsert_records(
+        &mut self,
+        records: &[Record],
+        run_id: i64,
+    ) -> Result<Vec<Upsert>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs = distinct(records.iter().map(Record::source));
+        let triples: Vec<_> = refs.iter().map(|r| ref_triple(r)).collect();
+        let stored: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT r.system, r.stream, r.source_id, r.content_hash FROM json_each($1) j \
+             CROSS JOIN records r ON r.system = j.value ->> 0 AND r.stream = j.value ->> 1 \
+                                 AND r.source_id = j.value ->> 2",
+        )
+        .bind(json_list(&triples, "source refs")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let stored: HashMap<SourceRef, String> = stored
+            .into_iter()
+            .map(|(system, stream, source_id, hash)| (source_ref((system, stream, source_id)), hash))
+            .collect();
+
+        // Replays the one-row semantics in memory: each occurrence is compared with the
+        // hash its ref holds at that point, which a previous occurrence may have changed.
+        let hashes: Vec<String> = records.iter().map(Record::content_hash).collect();
+        let mut current: HashMap<&SourceRef, &str> =
+            stored.iter().map(|(r, hash)| (r, hash.as_str())).collect();
+        let mut last_change: HashMap<&SourceRef, usize> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(records.len());
+        for (index, (record, hash)) in records.iter().zip(&hashes).enumerate() {
+            let source = record.source();
+            let outcome = match current.get(source) {
+                None => Upsert::Inserted,
+                Some(&previous) if previous == hash => Upsert::Unchanged,
+                Some(_) => Upsert::Updated,
+            };
+            if outcome != Upsert::Unchanged {
+                current.insert(source, hash);
+                last_change.insert(source, index);
+            }
+            outcomes.push(outcome);
+        }
+        if last_change.is_empty() {
+            return Ok(outcomes);
+        }
+
+        // Each changed ref is written once, as its last changing occurrence, in the order
+        // refs first appear. A ref inserted and then updated within the batch ends exactly
+        // as the one-row path leaves it: first_run and last_changed_run both this run.
+        let mut rows = Vec::with_capacity(last_change.len());
+        for source in &refs {
+            let Some(&index) = last_change.get(source) else {
+                continue;
+            };
+            let record = &records[index];
+            let body = serde_json::to_string(record).map_err(|error| {
+                StoreError::Corrupt(format!("cannot encode record {source}: {error}"))
+            })?;
+            let customer_id = match record {
+                Record::Order(order) => order.customer_id.as_deref(),
+                _ => None,
+            };
+            rows.push((
+                source.system.as_str(),
+                source.stream.as_str(),
+                source.source_id.as_str(),
+                record.kind().as_str(),
+                hashes[index].as_str(),
+                body,
+                customer_id,
+            ));
+        }
+        // `WHERE true` resolves the parsing ambiguity between a join's ON and ON CONFLICT.
+        sqlx::query(
+            "INSERT INTO records (system, stream, source_id, entity, content_hash, body, \
+             customer_id, first_run, last_changed_run, updated_at) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
+                    value ->> 5, value ->> 6, $2, $2, $3 \
+             FROM json_each($1) WHERE true ORDER BY key \
+             ON CONFLICT (system, stream, source_id) DO UPDATE SET \
+             entity = excluded.entity, content_hash = excluded.content_hash, \
+             body = excluded.body, customer_id = excluded.customer_id, \
+             last_changed_run = excluded.last_changed_run, updated_at = excluded.updated_at",
+        )
+        .bind(json_list(&rows, "records")?)
+        .bind(run_id)
+        .bind(now())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(outcomes)
+    }
+
+    async fn set_match_keys_many(
+        &mut self,
+        keys: &[(SourceRef, Vec<String>)],
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let refs = distinct(keys.iter().map(|(record, _)| record));
+        let triples: Vec<_> = refs.iter().map(|r| ref_triple(r)).collect();
+        sqlx::query(
+            "DELETE FROM match_keys WHERE rowid IN ( \
+                 SELECT m.rowid FROM json_each($1) j \
+                 CROSS JOIN match_keys m INDEXED BY match_keys_by_record \
+                     ON m.system = j.value ->> 0 AND m.stream = j.value ->> 1 \
+                    AND m.source_id = j.value ->> 2)",
+        )
+        .bind(json_list(&triples, "source refs")?)
+        .execute(&mut *self.tx)
+        .await?;
+
+        // A ref listed twice keeps its last list, as repeated one-row calls would leave it.
+        let last: HashMap<&SourceRef, &[String]> = keys
+            .iter()
+            .map(|(record, keys)| (record, keys.as_slice()))
+            .collect();
+        let rows: Vec<(&str, &str, &str, &str)> = refs
+            .iter()
+            .flat_map(|record| {
+                let keys = last.get(record).copied().unwrap_or_default();
+                keys.iter().map(move |key| {
+                    (
+                        key.as_str(),
+                        record.system.as_str(),
+                        record.stream.as_str(),
+                        record.source_id.as_str(),
+                    )
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO match_keys (key, system, stream, source_id) \
+             SELECT DISTINCT value ->> 0, value ->> 1, value ->> 2, value ->> 3 \
+             FROM json_each($1)",
+        )
+        .bind(json_list(&rows, "match keys")?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn keys_and_links(
+        &mut self,
+        records: &[SourceRef],
+    ) -> Result<Vec<(Vec<String>, Option<Uuid>)>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs = distinct(records);
+        let triples = json_list(
+            &refs.iter().map(|r| ref_triple(r)).collect::<Vec<_>>(),
+            "source refs",
+        )?;
+        let key_rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT j.key, m.key FROM json_each($1) j \
+             CROSS JOIN match_keys m INDEXED BY match_keys_by_record \
+                 ON m.system = j.value ->> 0 AND m.stream = j.value ->> 1 \
+                AND m.source_id = j.value ->> 2 \
+             ORDER BY j.key, m.key",
+        )
+        .bind(&triples)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let link_rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT j.key, l.profile_id FROM json_each($1) j \
+             CROSS JOIN links l ON l.system = j.value ->> 0 AND l.stream = j.value ->> 1 \
+                               AND l.source_id = j.value ->> 2",
+        )
+        .bind(&triples)
+        .fetch_all(&mut *self.tx)
+        .await?;
+
+        let mut found: Vec<(Vec<String>, Option<Uuid>)> = vec![(Vec::new(), None); refs.len()];
+        for (key, match_key) in key_rows {
+            found[position(key, refs.len())?].0.push(match_key);
+        }
+        for (key, profile_id) in link_rows {
+            let index = position(key, refs.len())?;
+            let context = format!("link of {}", refs[index]);
+            found[index].1 = Some(parse_uuid(&profile_id, &context)?);
+        }
+        let index_of: HashMap<&SourceRef, usize> = refs
+            .iter()
+            .enumerate()
+            .map(|(index, record)| (*record, index))
+            .collect();
+        records
+            .iter()
+            .map(|record| {
+                index_of
+                    .get(record)
+                    .map(|&index| found[index].clone())
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("{record} missing from its own batch"))
+                    })
+            })
+            .collect()
+    }
+
+    async fn customers_of_many(
+        &mut self,
+        profiles: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<Customer>>, StoreError> {
+        if profiles.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let profiles = distinct(profiles);
+        let ids: Vec<String> = profiles.iter().map(|id| id.to_string()).collect();
+        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+            // CROSS JOIN fixes the join order, as in `customers_of`: the bound profiles drive
+            // the links index, each link reaches its record by primary key.
+            "SELECT j.key, r.system, r.stream, r.source_id, r.body FROM json_each($1) j \
+             CROSS JOIN links l INDEXED BY links_by_profile ON l.profile_id = j.value \
+             CROSS JOIN records r ON r.system = l.system AND r.stream = l.stream \
+                                 AND r.source_id = l.source_id \
+             WHERE r.entity = 'customer' \
+             ORDER BY j.key, r.system, r.stream, r.source_id",
+        )
+        .bind(json_list(&ids, "profile ids")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out: HashMap<Uuid, Vec<Customer>> = HashMap::new();
+        for (key, system, stream, source_id, body) in rows {
+            let profile_id = *profiles[position(key, profiles.len())?];
+            let context = source_ref((system, stream, source_id)).to_string();
+            out.entry(profile_id)
+                .or_default()
+                .push(decode_customer(&body, &context)?);
+        }
+        Ok(out)
+    }
+
+    async fn orders_of_customers(
+        &mut self,
+        customers: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Vec<Order>>, StoreError> {
+        if customers.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let customers = distinct(customers);
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            // The customer index, forced as in `orders_of_customer`, answers each bound
+            // customer exactly.
+            "SELECT j.key, r.stream, r.source_id, r.body FROM json_each($1) j \
+             CROSS JOIN records r INDEXED BY records_by_customer \
+                 ON r.entity = 'order' AND r.system = j.value ->> 0 \
+                AND r.customer_id = j.value ->> 1 \
+             ORDER BY j.key, r.stream, r.source_id",
+        )
+        .bind(json_list(&customers, "customer ids")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out: HashMap<(String, String), Vec<Order>> = HashMap::new();
+        for (key, stream, source_id, body) in rows {
+            let customer = customers[position(key, customers.len())?];
+            let context = format!("{}/{stream}/{source_id}", customer.0);
+            let order = decode_order(&body, &context)?;
+            out.entry(customer.clone()).or_default().push(order);
+        }
+        Ok(out)
+    }
+
+    async fn profiles_of_customer_ids(
+        &mut self,
+        customers: &[(String, String)],
+    ) -> Result<BTreeSet<Uuid>, StoreError> {
+        if customers.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let ids: Vec<String> = sqlx::query_scalar(
+            // Without statistics SQLite may serve `entity = 'customer' AND system = ?` from
+            // the customer index and walk every customer of the system per bound id.
+            "SELECT DISTINCT l.profile_id FROM json_each($1) j \
+             CROSS JOIN records r INDEXED BY records_by_source_id \
+                 ON r.system = j.value ->> 0 AND r.source_id = j.value ->> 1 \
+             CROSS JOIN links l ON l.system = r.system AND l.stream = r.stream \
+                               AND l.source_id = r.source_id \
+             WHERE r.entity = 'customer'",
+        )
+        .bind(json_list(customers, "customer ids")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        ids.iter()
+            .map(|id| parse_uuid(id, "links.profile_id"))
+            .collect()
+    }
+
+    async fn latest_profiles(
+        &mut self,
+        profiles: &[Uuid],
+    ) -> Result<HashMap<Uuid, (i64, String)>, StoreError> {
+        if profiles.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<String> = profiles.iter().map(|id| id.to_string()).collect();
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT j.key, p.latest_version, p.latest_hash FROM json_each($1) j \
+             CROSS JOIN profiles p ON p.profile_id = j.value \
+             WHERE p.latest_version IS NOT NULL",
+        )
+        .bind(json_list(&ids, "profile ids")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(key, version, hash)| Ok((profiles[position(key, profiles.len())?], (version, hash))))
+            .collect()
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
