@@ -1775,4 +1775,431 @@ mod tests {
             "store: cannot finish job run 99: no such run"
         );
     }
+
+    /// Every row of `records` except `updated_at` (a clock reading), in key order.
+    type StoredRecord = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        i64,
+        i64,
+    );
+
+    async fn stored_records(store: &SqliteStore) -> Vec<StoredRecord> {
+        sqlx::query_as(
+            "SELECT system, stream, source_id, entity, content_hash, body, customer_id, \
+             first_run, last_changed_run FROM records ORDER BY system, stream, source_id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    }
+
+    async fn stored_match_keys(store: &SqliteStore) -> Vec<(String, String, String, String)> {
+        sqlx::query_as(
+            "SELECT key, system, stream, source_id FROM match_keys \
+             ORDER BY key, system, stream, source_id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn upsert_records_matches_one_row_upserts_including_repeats_within_a_batch() {
+        let (_batch_dir, batch_store) = temp_store().await;
+        let (_row_dir, row_store) = temp_store().await;
+        let c1 = Record::Customer(customer("erp", "customers", "1", &["a@b.c"]));
+        let o1 = order("erp", "SO-1", Some("C-1"));
+        let mut o1_changed = o1.clone();
+        o1_changed.customer_id = Some("C-2".to_string());
+        let c2 = Record::Customer(customer("crm", "contacts", "2", &[]));
+        let mut c2_renamed = customer("crm", "contacts", "2", &[]);
+        c2_renamed.full_name = Some("Renamed".to_string());
+        let batches = vec![
+            (
+                1,
+                vec![
+                    c1.clone(),
+                    Record::Order(o1.clone()),
+                    c1.clone(),
+                    Record::Order(o1_changed.clone()),
+                    Record::Order(o1.clone()),
+                ],
+                vec![
+                    Upsert::Inserted,
+                    Upsert::Inserted,
+                    Upsert::Unchanged,
+                    Upsert::Updated,
+                    Upsert::Updated,
+                ],
+            ),
+            (
+                2,
+                vec![
+                    c1.clone(),
+                    Record::Order(o1_changed.clone()),
+                    c2.clone(),
+                    Record::Customer(c2_renamed.clone()),
+                    Record::Customer(c2_renamed),
+                ],
+                vec![
+                    Upsert::Unchanged,
+                    Upsert::Updated,
+                    Upsert::Inserted,
+                    Upsert::Updated,
+                    Upsert::Unchanged,
+                ],
+            ),
+            (3, vec![c1.clone(), c2.clone()], vec![Upsert::Unchanged, Upsert::Updated]),
+        ];
+        for (run_id, records, expected) in batches {
+            let mut tx = batch_store.begin().await.unwrap();
+            assert_eq!(tx.upsert_records(&records, run_id).await.unwrap(), expected);
+            tx.commit().await.unwrap();
+            let mut tx = row_store.begin().await.unwrap();
+            let mut one_row = Vec::new();
+            for record in &records {
+                one_row.push(tx.upsert_record(record, run_id).await.unwrap());
+            }
+            tx.commit().await.unwrap();
+            assert_eq!(one_row, expected);
+            assert_eq!(
+                stored_records(&batch_store).await,
+                stored_records(&row_store).await
+            );
+        }
+
+        let stored = stored_records(&batch_store).await;
+        let summary: Vec<(&str, Option<&str>, i64, i64)> = stored
+            .iter()
+            .map(|row| (row.2.as_str(), row.6.as_deref(), row.7, row.8))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("2", None, 2, 3),
+                ("1", None, 1, 1),
+                ("SO-1", Some("C-2"), 1, 2),
+            ]
+        );
+        assert_eq!(
+            serde_json::from_str::<Record>(&stored[0].5).unwrap(),
+            c2
+        );
+
+        let mut tx = batch_store.begin().await.unwrap();
+        assert!(tx.upsert_records(&[], 4).await.unwrap().is_empty());
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn set_match_keys_many_matches_one_row_calls_and_the_last_list_wins() {
+        let (_batch_dir, batch_store) = temp_store().await;
+        let (_row_dir, row_store) = temp_store().await;
+        let one = source("erp", "customers", "1");
+        let two = source("crm", "contacts", "2");
+        let three = source("erp", "customers", "3");
+        let untouched = source("erp", "customers", "4");
+        let keys = |list: &[&str]| list.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let before = vec![
+            (one.clone(), keys(&["email:old@b.c", "phone:+491"])),
+            (three.clone(), keys(&["email:three@b.c"])),
+            (untouched.clone(), keys(&["email:four@b.c"])),
+        ];
+        let batch = vec![
+            (one.clone(), keys(&["email:first@b.c"])),
+            (two.clone(), keys(&["email:a@b.c", "email:a@b.c", "phone:+492"])),
+            (three.clone(), Vec::new()),
+            (one.clone(), keys(&["email:a@b.c", "phone:+491"])),
+        ];
+        for store in [&batch_store, &row_store] {
+            let mut tx = store.begin().await.unwrap();
+            for (record, keys) in &before {
+                tx.set_match_keys(record, keys).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+        let mut tx = batch_store.begin().await.unwrap();
+        tx.set_match_keys_many(&batch).await.unwrap();
+        tx.set_match_keys_many(&[]).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = row_store.begin().await.unwrap();
+        for (record, keys) in &batch {
+            tx.set_match_keys(record, keys).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+
+        let stored = stored_match_keys(&batch_store).await;
+        assert_eq!(stored, stored_match_keys(&row_store).await);
+        let row = |key: &str, record: &SourceRef| {
+            (
+                key.to_string(),
+                record.system.clone(),
+                record.stream.clone(),
+                record.source_id.clone(),
+            )
+        };
+        assert_eq!(
+            stored,
+            vec![
+                row("email:a@b.c", &two),
+                row("email:a@b.c", &one),
+                row("email:four@b.c", &untouched),
+                row("phone:+491", &one),
+                row("phone:+492", &two),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_and_links_match_one_row_lookups_in_input_order() {
+        let (_dir, store) = temp_store().await;
+        let one = source("erp", "customers", "1");
+        let two = source("crm", "contacts", "2");
+        let unlinked = source("erp", "customers", "3");
+        let missing = source("erp", "customers", "9");
+        let p1 = Uuid::from_u128(1);
+        let mut tx = store.begin().await.unwrap();
+        tx.set_match_keys(&one, &["phone:+491".to_string(), "email:a@b.c".to_string()])
+            .await
+            .unwrap();
+        tx.set_match_keys(&unlinked, &["email:x@y.z".to_string()])
+            .await
+            .unwrap();
+        tx.set_link(&one, p1).await.unwrap();
+        tx.set_link(&two, p1).await.unwrap();
+
+        let input = vec![
+            missing.clone(),
+            one.clone(),
+            two.clone(),
+            unlinked.clone(),
+            one.clone(),
+        ];
+        let found = tx.keys_and_links(&input).await.unwrap();
+        let mut one_row = Vec::new();
+        for record in &input {
+            one_row.push((
+                tx.match_keys(record).await.unwrap(),
+                tx.link_of(record).await.unwrap(),
+            ));
+        }
+        assert_eq!(found, one_row);
+        let one_found = (
+            vec!["email:a@b.c".to_string(), "phone:+491".to_string()],
+            Some(p1),
+        );
+        assert_eq!(
+            found,
+            vec![
+                (Vec::new(), None),
+                one_found.clone(),
+                (Vec::new(), Some(p1)),
+                (vec!["email:x@y.z".to_string()], None),
+                one_found,
+            ]
+        );
+        assert!(tx.keys_and_links(&[]).await.unwrap().is_empty());
+        tx.commit().await.unwrap();
+    }
+
+    /// Two profiles over customers of two systems, a customer id shared by two streams of
+    /// one system, orders of some customers, and a link on an order that must never count.
+    async fn linked_store() -> (TempDir, SqliteStore, Uuid, Uuid) {
+        let (dir, store) = temp_store().await;
+        let p1 = Uuid::from_u128(1);
+        let p2 = Uuid::from_u128(2);
+        let erp = customer("erp", "customers", "C-1", &[]);
+        let erp_other_stream = customer("erp", "contacts", "C-1", &[]);
+        let crm = customer("crm", "contacts", "c-1", &[]);
+        let records = vec![
+            Record::Customer(erp.clone()),
+            Record::Customer(erp_other_stream.clone()),
+            Record::Customer(crm.clone()),
+            Record::Customer(customer("erp", "customers", "C-2", &[])),
+            Record::Order(order("erp", "SO-2", Some("C-1"))),
+            Record::Order(order("erp", "SO-1", Some("C-1"))),
+            Record::Order(order("erp", "C-1", Some("C-2"))),
+            Record::Order(order("shop", "SO-3", Some("C-1"))),
+        ];
+        let mut tx = store.begin().await.unwrap();
+        for record in &records {
+            tx.upsert_record(record, 1).await.unwrap();
+        }
+        tx.set_link(&erp.source, p1).await.unwrap();
+        tx.set_link(&crm.source, p1).await.unwrap();
+        tx.set_link(&erp_other_stream.source, p2).await.unwrap();
+        tx.set_link(&source("erp", "orders", "C-1"), p2).await.unwrap();
+        tx.commit().await.unwrap();
+        (dir, store, p1, p2)
+    }
+
+    #[tokio::test]
+    async fn customers_of_many_matches_customers_of_and_omits_profiles_without_any() {
+        let (_dir, store, p1, p2) = linked_store().await;
+        let nobody = Uuid::from_u128(3);
+        let mut tx = store.begin().await.unwrap();
+        let found = tx.customers_of_many(&[p2, nobody, p1, p2]).await.unwrap();
+        let expected = HashMap::from([
+            (p1, tx.customers_of(p1).await.unwrap()),
+            (p2, tx.customers_of(p2).await.unwrap()),
+        ]);
+        assert_eq!(found, expected);
+        let sources: Vec<&SourceRef> = found[&p1].iter().map(|c| &c.source).collect();
+        assert_eq!(
+            sources,
+            vec![
+                &source("crm", "contacts", "c-1"),
+                &source("erp", "customers", "C-1")
+            ]
+        );
+        assert_eq!(found[&p2].len(), 1);
+        assert!(tx.customers_of_many(&[nobody]).await.unwrap().is_empty());
+        assert!(tx.customers_of_many(&[]).await.unwrap().is_empty());
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn orders_of_customers_matches_orders_of_customer_keyed_like_the_input() {
+        let (_dir, store, _, _) = linked_store().await;
+        let key = |system: &str, id: &str| (system.to_string(), id.to_string());
+        let input = vec![
+            key("erp", "C-1"),
+            key("shop", "C-1"),
+            key("erp", "C-9"),
+            key("erp", "C-2"),
+            key("erp", "C-1"),
+        ];
+        let mut tx = store.begin().await.unwrap();
+        let found = tx.orders_of_customers(&input).await.unwrap();
+        let mut expected = HashMap::new();
+        for (system, id) in &input {
+            let orders = tx.orders_of_customer(system, id).await.unwrap();
+            if !orders.is_empty() {
+                expected.insert((system.clone(), id.clone()), orders);
+            }
+        }
+        assert_eq!(found, expected);
+        assert_eq!(found.len(), 3);
+        let numbers: Vec<&str> = found[&key("erp", "C-1")]
+            .iter()
+            .map(|o| o.order_number.as_str())
+            .collect();
+        assert_eq!(numbers, vec!["SO-1", "SO-2"]);
+        assert!(tx.orders_of_customers(&[]).await.unwrap().is_empty());
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn profiles_of_customer_ids_is_the_union_of_the_one_row_lookups() {
+        let (_dir, store, p1, p2) = linked_store().await;
+        let key = |system: &str, id: &str| (system.to_string(), id.to_string());
+        let mut tx = store.begin().await.unwrap();
+        let cases = vec![
+            (vec![key("erp", "C-1")], BTreeSet::from([p1, p2])),
+            (vec![key("crm", "c-1"), key("crm", "c-1")], BTreeSet::from([p1])),
+            // C-2 is a customer without a link; erp/orders/C-1 is linked but an order.
+            (vec![key("erp", "C-2"), key("crm", "C-1")], BTreeSet::new()),
+            (Vec::new(), BTreeSet::new()),
+        ];
+        for (input, expected) in cases {
+            let found = tx.profiles_of_customer_ids(&input).await.unwrap();
+            let mut one_row = BTreeSet::new();
+            for (system, id) in &input {
+                one_row.extend(tx.profiles_of_customer_id(system, id).await.unwrap());
+            }
+            assert_eq!(found, one_row);
+            assert_eq!(found, expected);
+        }
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn latest_profiles_matches_latest_profile_and_skips_profiles_without_versions() {
+        let (_dir, store) = temp_store().await;
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        let retired_unseen = Uuid::from_u128(3);
+        let unknown = Uuid::from_u128(4);
+        let mut tx = store.begin().await.unwrap();
+        tx.write_profile(&profile(a, 1, "A"), "a1", "customer.profile.created", "{}")
+            .await
+            .unwrap();
+        tx.write_profile(&profile(a, 2, "A2"), "a2", "customer.profile.updated", "{}")
+            .await
+            .unwrap();
+        tx.write_profile(&profile(b, 1, "B"), "b1", "customer.profile.created", "{}")
+            .await
+            .unwrap();
+        tx.retire_profile(retired_unseen, a).await.unwrap();
+        let input = [unknown, b, retired_unseen, a, b];
+        let found = tx.latest_profiles(&input).await.unwrap();
+        let mut one_row = HashMap::new();
+        for id in input {
+            if let Some(latest) = tx.latest_profile(id).await.unwrap() {
+                one_row.insert(id, latest);
+            }
+        }
+        assert_eq!(found, one_row);
+        assert_eq!(
+            found,
+            HashMap::from([(a, (2, "a2".to_string())), (b, (1, "b1".to_string()))])
+        );
+        assert!(tx.latest_profiles(&[]).await.unwrap().is_empty());
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn batch_methods_take_more_items_than_sqlite_binds_variables() {
+        // 12,000 refs of three values each exceed SQLite's 32,766 bound variables.
+        const N: usize = 12_000;
+        let (_dir, store) = temp_store().await;
+        let customers: Vec<Customer> = (0..N)
+            .map(|n| customer("erp", "customers", &format!("C-{n}"), &[]))
+            .collect();
+        let records: Vec<Record> = customers
+            .iter()
+            .map(|c| Record::Customer(c.clone()))
+            .chain((0..N).map(|n| {
+                Record::Order(order("erp", &format!("SO-{n}"), Some(&format!("C-{n}"))))
+            }))
+            .collect();
+        let refs: Vec<SourceRef> = customers.iter().map(|c| c.source.clone()).collect();
+        let profiles: Vec<Uuid> = (0..N).map(|n| Uuid::from_u128(n as u128 + 1)).collect();
+        let ids: Vec<(String, String)> = (0..N)
+            .map(|n| ("erp".to_string(), format!("C-{n}")))
+            .collect();
+
+        let mut tx = store.begin().await.unwrap();
+        let outcomes = tx.upsert_records(&records, 1).await.unwrap();
+        assert_eq!(outcomes, vec![Upsert::Inserted; 2 * N]);
+        let keys: Vec<(SourceRef, Vec<String>)> = refs
+            .iter()
+            .enumerate()
+            .map(|(n, r)| (r.clone(), vec![format!("email:{n}@x.y")]))
+            .collect();
+        tx.set_match_keys_many(&keys).await.unwrap();
+        for (record, profile_id) in refs.iter().zip(&profiles) {
+            tx.set_link(record, *profile_id).await.unwrap();
+        }
+        let found = tx.keys_and_links(&refs).await.unwrap();
+        assert_eq!(found.len(), N);
+        assert_eq!(
+            found[N - 1],
+            (vec![format!("email:{}@x.y", N - 1)], Some(profiles[N - 1]))
+        );
+        assert_eq!(tx.customers_of_many(&profiles).await.unwrap().len(), N);
+        assert_eq!(tx.orders_of_customers(&ids).await.unwrap().len(), N);
+        assert_eq!(tx.profiles_of_customer_ids(&ids).await.unwrap().len(), N);
+        assert!(tx.latest_profiles(&profiles).await.unwrap().is_empty());
+        let outcomes = tx.upsert_records(&records, 2).await.unwrap();
+        assert_eq!(outcomes, vec![Upsert::Unchanged; 2 * N]);
+        tx.commit().await.unwrap();
+        assert_eq!(count(&store, "records").await, 2 * N as i64);
+    }
 }
