@@ -793,7 +793,7 @@ impl StoreTx for SqliteTx {
              customer_id, first_run, last_changed_run, updated_at) \
              SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
                     value ->> 5, value ->> 6, $2, $2, $3 \
-             FROM json_each($1) WHERE true ORDER BY key \
+             FROM json_each($1) WHERE true \
              ON CONFLICT (system, stream, source_id) DO UPDATE SET \
              entity = excluded.entity, content_hash = excluded.content_hash, \
              body = excluded.body, customer_id = excluded.customer_id, \
@@ -2201,5 +2201,171 @@ mod tests {
         assert_eq!(outcomes, vec![Upsert::Unchanged; 2 * N]);
         tx.commit().await.unwrap();
         assert_eq!(count(&store, "records").await, 2 * N as i64);
+    }
+
+    /// Counts the statements one transaction runs, from the `sqlx::query` event sqlx emits
+    /// for each statement on the connection's worker thread. Two runs of one marker statement
+    /// on that thread bracket the counted call; only
+    /// `each_batch_method_runs_a_constant_number_of_statements` runs the marker, one call at
+    /// a time, so the last two marker events on a thread are always its own.
+    mod statement_count {
+        use std::sync::{Mutex, OnceLock};
+
+        use tracing_subscriber::layer::{Context, SubscriberExt};
+        use tracing_subscriber::Layer;
+
+        use super::SqliteTx;
+
+        const MARKER: &str = "SELECT 'statement count marker'";
+
+        /// (worker thread, the event's fields) of every `sqlx::query` event.
+        static EVENTS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+        struct Recorder;
+
+        struct Fields(String);
+
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={value:?} ", field.name()));
+            }
+        }
+
+        impl<S: tracing::Subscriber> Layer<S> for Recorder {
+            fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+                if event.metadata().target() != "sqlx::query" {
+                    return;
+                }
+                let mut fields = Fields(String::new());
+                event.record(&mut fields);
+                let thread = std::thread::current().name().unwrap_or_default().to_string();
+                EVENTS.lock().unwrap().push((thread, fields.0));
+            }
+        }
+
+        pub async fn marker(tx: &mut SqliteTx) {
+            static INSTALLED: OnceLock<()> = OnceLock::new();
+            INSTALLED.get_or_init(|| {
+                tracing::subscriber::set_global_default(
+                    tracing_subscriber::registry().with(Recorder),
+                )
+                .unwrap();
+            });
+            sqlx::query(MARKER).execute(&mut *tx.tx).await.unwrap();
+        }
+
+        /// The statements between the last two markers of the thread that ran the last one.
+        pub fn since_previous_marker() -> usize {
+            let events = EVENTS.lock().unwrap();
+            let is_marker = |fields: &str| fields.contains(MARKER);
+            let (end, (thread, _)) = events
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(_, (_, fields))| is_marker(fields))
+                .unwrap();
+            let start = events[..end]
+                .iter()
+                .rposition(|(t, fields)| t == thread && is_marker(fields))
+                .unwrap();
+            events[start + 1..end]
+                .iter()
+                .filter(|(t, _)| t == thread)
+                .count()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_batch_method_runs_a_constant_number_of_statements() {
+        let (_dir, store, p1, p2) = linked_store().await;
+        let mut tx = SqliteTx {
+            tx: store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap(),
+        };
+        let small = 1;
+        let large = 300;
+        let records = |n: usize, run: u32| -> Vec<Record> {
+            (0..n)
+                .map(|i| {
+                    let mut c = customer("erp", "customers", &format!("B-{i}"), &[]);
+                    c.full_name = Some(format!("run {run}"));
+                    Record::Customer(c)
+                })
+                .collect()
+        };
+        let refs = |n: usize| -> Vec<SourceRef> {
+            (0..n)
+                .map(|i| source("erp", "customers", &format!("B-{i}")))
+                .collect()
+        };
+        let ids = |n: usize| -> Vec<(String, String)> {
+            (0..n)
+                .map(|i| ("erp".to_string(), format!("C-{}", i % 3)))
+                .collect()
+        };
+        let profiles = |n: usize| -> Vec<Uuid> { (0..n).map(|i| [p1, p2][i % 2]).collect() };
+
+        let mut counts = Vec::new();
+        for n in [small, large] {
+            let mut per_method = Vec::new();
+            statement_count::marker(&mut tx).await;
+            // Inserts (or updates) every record: the lookup and one upsert.
+            tx.upsert_records(&records(n, 1), 1).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("upsert_records", statement_count::since_previous_marker()));
+            // Nothing changed: the lookup only.
+            tx.upsert_records(&records(n, 1), 1).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push((
+                "upsert_records unchanged",
+                statement_count::since_previous_marker(),
+            ));
+            let keys: Vec<_> = refs(n)
+                .into_iter()
+                .map(|r| (r, vec!["email:a@b.c".to_string()]))
+                .collect();
+            tx.set_match_keys_many(&keys).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("set_match_keys_many", statement_count::since_previous_marker()));
+            tx.keys_and_links(&refs(n)).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("keys_and_links", statement_count::since_previous_marker()));
+            tx.customers_of_many(&profiles(n)).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("customers_of_many", statement_count::since_previous_marker()));
+            tx.orders_of_customers(&ids(n)).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("orders_of_customers", statement_count::since_previous_marker()));
+            tx.profiles_of_customer_ids(&ids(n)).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push((
+                "profiles_of_customer_ids",
+                statement_count::since_previous_marker(),
+            ));
+            tx.latest_profiles(&profiles(n)).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("latest_profiles", statement_count::since_previous_marker()));
+            tx.upsert_records(&[], 1).await.unwrap();
+            tx.set_match_keys_many(&[]).await.unwrap();
+            tx.keys_and_links(&[]).await.unwrap();
+            tx.customers_of_many(&[]).await.unwrap();
+            tx.orders_of_customers(&[]).await.unwrap();
+            tx.profiles_of_customer_ids(&[]).await.unwrap();
+            tx.latest_profiles(&[]).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("empty inputs", statement_count::since_previous_marker()));
+            counts.push(per_method);
+        }
+        let expected = vec![
+            ("upsert_records", 2),
+            ("upsert_records unchanged", 1),
+            ("set_match_keys_many", 2),
+            ("keys_and_links", 2),
+            ("customers_of_many", 1),
+            ("orders_of_customers", 1),
+            ("profiles_of_customer_ids", 1),
+            ("latest_profiles", 1),
+            ("empty inputs", 0),
+        ];
+        assert_eq!(counts, vec![expected.clone(), expected]);
     }
 }
