@@ -147,7 +147,10 @@ fn ref_triple(record: &SourceRef) -> (&str, &str, &str) {
 /// The distinct items in the order they first appear.
 fn distinct<'a, T: Eq + Hash + ?Sized>(items: impl IntoIterator<Item = &'a T>) -> Vec<&'a T> {
     let mut seen = HashSet::new();
-    items.into_iter().filter(|item| seen.insert(*item)).collect()
+    items
+        .into_iter()
+        .filter(|item| seen.insert(*item))
+        .collect()
 }
 
 /// The index into the bound list that a batch row belongs to (`json_each`'s `key`).
@@ -734,7 +737,9 @@ impl StoreTx for SqliteTx {
         .await?;
         let stored: HashMap<SourceRef, String> = stored
             .into_iter()
-            .map(|(system, stream, source_id, hash)| (source_ref((system, stream, source_id)), hash))
+            .map(|(system, stream, source_id, hash)| {
+                (source_ref((system, stream, source_id)), hash)
+            })
             .collect();
 
         // Replays the one-row semantics in memory: each occurrence is compared with the
@@ -1023,7 +1028,9 @@ impl StoreTx for SqliteTx {
         .fetch_all(&mut *self.tx)
         .await?;
         rows.into_iter()
-            .map(|(key, version, hash)| Ok((profiles[position(key, profiles.len())?], (version, hash))))
+            .map(|(key, version, hash)| {
+                Ok((profiles[position(key, profiles.len())?], (version, hash)))
+            })
             .collect()
     }
 
@@ -1855,7 +1862,11 @@ mod tests {
                     Upsert::Unchanged,
                 ],
             ),
-            (3, vec![c1.clone(), c2.clone()], vec![Upsert::Unchanged, Upsert::Updated]),
+            (
+                3,
+                vec![c1.clone(), c2.clone()],
+                vec![Upsert::Unchanged, Upsert::Updated],
+            ),
         ];
         for (run_id, records, expected) in batches {
             let mut tx = batch_store.begin().await.unwrap();
@@ -1887,10 +1898,7 @@ mod tests {
                 ("SO-1", Some("C-2"), 1, 2),
             ]
         );
-        assert_eq!(
-            serde_json::from_str::<Record>(&stored[0].5).unwrap(),
-            c2
-        );
+        assert_eq!(serde_json::from_str::<Record>(&stored[0].5).unwrap(), c2);
 
         let mut tx = batch_store.begin().await.unwrap();
         assert!(tx.upsert_records(&[], 4).await.unwrap().is_empty());
@@ -1913,7 +1921,10 @@ mod tests {
         ];
         let batch = vec![
             (one.clone(), keys(&["email:first@b.c"])),
-            (two.clone(), keys(&["email:a@b.c", "email:a@b.c", "phone:+492"])),
+            (
+                two.clone(),
+                keys(&["email:a@b.c", "email:a@b.c", "phone:+492"]),
+            ),
             (three.clone(), Vec::new()),
             (one.clone(), keys(&["email:a@b.c", "phone:+491"])),
         ];
@@ -2034,7 +2045,9 @@ mod tests {
         tx.set_link(&erp.source, p1).await.unwrap();
         tx.set_link(&crm.source, p1).await.unwrap();
         tx.set_link(&erp_other_stream.source, p2).await.unwrap();
-        tx.set_link(&source("erp", "orders", "C-1"), p2).await.unwrap();
+        tx.set_link(&source("erp", "orders", "C-1"), p2)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         (dir, store, p1, p2)
     }
@@ -2102,7 +2115,10 @@ mod tests {
         let mut tx = store.begin().await.unwrap();
         let cases = vec![
             (vec![key("erp", "C-1")], BTreeSet::from([p1, p2])),
-            (vec![key("crm", "c-1"), key("crm", "c-1")], BTreeSet::from([p1])),
+            (
+                vec![key("crm", "c-1"), key("crm", "c-1")],
+                BTreeSet::from([p1]),
+            ),
             // C-2 is a customer without a link; erp/orders/C-1 is linked but an order.
             (vec![key("erp", "C-2"), key("crm", "C-1")], BTreeSet::new()),
             (Vec::new(), BTreeSet::new()),
@@ -2162,13 +2178,14 @@ mod tests {
         let customers: Vec<Customer> = (0..N)
             .map(|n| customer("erp", "customers", &format!("C-{n}"), &[]))
             .collect();
-        let records: Vec<Record> = customers
-            .iter()
-            .map(|c| Record::Customer(c.clone()))
-            .chain((0..N).map(|n| {
-                Record::Order(order("erp", &format!("SO-{n}"), Some(&format!("C-{n}"))))
-            }))
-            .collect();
+        let records: Vec<Record> =
+            customers
+                .iter()
+                .map(|c| Record::Customer(c.clone()))
+                .chain((0..N).map(|n| {
+                    Record::Order(order("erp", &format!("SO-{n}"), Some(&format!("C-{n}"))))
+                }))
+                .collect();
         let refs: Vec<SourceRef> = customers.iter().map(|c| c.source.clone()).collect();
         let profiles: Vec<Uuid> = (0..N).map(|n| Uuid::from_u128(n as u128 + 1)).collect();
         let ids: Vec<(String, String)> = (0..N)
@@ -2211,8 +2228,8 @@ mod tests {
     mod statement_count {
         use std::sync::{Mutex, OnceLock};
 
-        use tracing_subscriber::layer::{Context, SubscriberExt};
         use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::{Context, SubscriberExt};
 
         use super::SqliteTx;
 
@@ -2238,7 +2255,10 @@ mod tests {
                 }
                 let mut fields = Fields(String::new());
                 event.record(&mut fields);
-                let thread = std::thread::current().name().unwrap_or_default().to_string();
+                let thread = std::thread::current()
+                    .name()
+                    .unwrap_or_default()
+                    .to_string();
                 EVENTS.lock().unwrap().push((thread, fields.0));
             }
         }
@@ -2325,16 +2345,25 @@ mod tests {
                 .collect();
             tx.set_match_keys_many(&keys).await.unwrap();
             statement_count::marker(&mut tx).await;
-            per_method.push(("set_match_keys_many", statement_count::since_previous_marker()));
+            per_method.push((
+                "set_match_keys_many",
+                statement_count::since_previous_marker(),
+            ));
             tx.keys_and_links(&refs(n)).await.unwrap();
             statement_count::marker(&mut tx).await;
             per_method.push(("keys_and_links", statement_count::since_previous_marker()));
             tx.customers_of_many(&profiles(n)).await.unwrap();
             statement_count::marker(&mut tx).await;
-            per_method.push(("customers_of_many", statement_count::since_previous_marker()));
+            per_method.push((
+                "customers_of_many",
+                statement_count::since_previous_marker(),
+            ));
             tx.orders_of_customers(&ids(n)).await.unwrap();
             statement_count::marker(&mut tx).await;
-            per_method.push(("orders_of_customers", statement_count::since_previous_marker()));
+            per_method.push((
+                "orders_of_customers",
+                statement_count::since_previous_marker(),
+            ));
             tx.profiles_of_customer_ids(&ids(n)).await.unwrap();
             statement_count::marker(&mut tx).await;
             per_method.push((
