@@ -10,8 +10,10 @@
 //! (run on every [`SqliteStore::open`], a no-op once applied); SQL text is always a literal
 //! and every value is a bound parameter. Lists of any length (match keys, outbox seqs) are
 //! bound as one JSON array and expanded with `json_each`, so SQLite's bound-variable limit
-//! never applies and no SQL is assembled at run time. Records are stored as their serde
-//! JSON and uuids and times as TEXT (RFC 3339, UTC).
+//! never applies and no SQL is assembled at run time. The set-based [`StoreTx`] methods use
+//! the same device to run a fixed number of statements per call whatever its length, with
+//! `json_each` as the outer loop of every join (`CROSS JOIN`) so each item is one index
+//! lookup. Records are stored as their serde JSON and uuids and times as TEXT (RFC 3339, UTC).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
