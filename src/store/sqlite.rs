@@ -10,10 +10,13 @@
 //! (run on every [`SqliteStore::open`], a no-op once applied); SQL text is always a literal
 //! and every value is a bound parameter. Lists of any length (match keys, outbox seqs) are
 //! bound as one JSON array and expanded with `json_each`, so SQLite's bound-variable limit
-//! never applies and no SQL is assembled at run time. Records are stored as their serde
-//! JSON and uuids and times as TEXT (RFC 3339, UTC).
+//! never applies and no SQL is assembled at run time. The set-based [`StoreTx`] methods use
+//! the same device to run a fixed number of statements per call whatever its length, with
+//! `json_each` as the outer loop of every join (`CROSS JOIN`) so each item is one index
+//! lookup. Records are stored as their serde JSON and uuids and times as TEXT (RFC 3339, UTC).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::Hash;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -103,6 +106,26 @@ fn decode_record(body: &str, context: &str) -> Result<Record, StoreError> {
         .map_err(|error| StoreError::Corrupt(format!("{context}: undecodable record: {error}")))
 }
 
+fn decode_customer(body: &str, context: &str) -> Result<Customer, StoreError> {
+    match decode_record(body, context)? {
+        Record::Customer(customer) => Ok(customer),
+        other => Err(StoreError::Corrupt(format!(
+            "{context}: stored as a customer but holds a {} record",
+            other.kind()
+        ))),
+    }
+}
+
+fn decode_order(body: &str, context: &str) -> Result<Order, StoreError> {
+    match decode_record(body, context)? {
+        Record::Order(order) => Ok(order),
+        other => Err(StoreError::Corrupt(format!(
+            "{context}: stored as an order but holds a {} record",
+            other.kind()
+        ))),
+    }
+}
+
 /// A JSON array of the given values, bound as one parameter and expanded with `json_each`.
 fn json_list<T: serde::Serialize>(values: &[T], what: &str) -> Result<String, StoreError> {
     serde_json::to_string(values)
@@ -115,6 +138,33 @@ fn source_ref((system, stream, source_id): (String, String, String)) -> SourceRe
         stream,
         source_id,
     }
+}
+
+/// A source ref as the JSON triple `[system, stream, source_id]` that the batch statements
+/// take apart with `->> 0`, `->> 1` and `->> 2`.
+fn ref_triple(record: &SourceRef) -> (&str, &str, &str) {
+    (&record.system, &record.stream, &record.source_id)
+}
+
+/// The distinct items in the order they first appear.
+fn distinct<'a, T: Eq + Hash + ?Sized>(items: impl IntoIterator<Item = &'a T>) -> Vec<&'a T> {
+    let mut seen = HashSet::new();
+    items
+        .into_iter()
+        .filter(|item| seen.insert(*item))
+        .collect()
+}
+
+/// The index into the bound list that a batch row belongs to (`json_each`'s `key`).
+fn position(key: i64, len: usize) -> Result<usize, StoreError> {
+    usize::try_from(key)
+        .ok()
+        .filter(|&index| index < len)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "json_each returned position {key} for a list of {len}"
+            ))
+        })
 }
 
 /// Follows `retired_into` from `profile_id` to the profile that is still live, and returns
@@ -549,14 +599,7 @@ impl StoreTx for SqliteTx {
         .await?;
         rows.into_iter()
             .map(|(system, stream, source_id, body)| {
-                let context = source_ref((system, stream, source_id)).to_string();
-                match decode_record(&body, &context)? {
-                    Record::Customer(customer) => Ok(customer),
-                    other => Err(StoreError::Corrupt(format!(
-                        "{context}: stored as a customer but holds a {} record",
-                        other.kind()
-                    ))),
-                }
+                decode_customer(&body, &source_ref((system, stream, source_id)).to_string())
             })
             .collect()
     }
@@ -579,14 +622,7 @@ impl StoreTx for SqliteTx {
         .await?;
         rows.into_iter()
             .map(|(stream, source_id, body)| {
-                let context = format!("{system}/{stream}/{source_id}");
-                match decode_record(&body, &context)? {
-                    Record::Order(order) => Ok(order),
-                    other => Err(StoreError::Corrupt(format!(
-                        "{context}: stored as an order but holds a {} record",
-                        other.kind()
-                    ))),
-                }
+                decode_order(&body, &format!("{system}/{stream}/{source_id}"))
             })
             .collect()
     }
@@ -681,6 +717,323 @@ impl StoreTx for SqliteTx {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    async fn upsert_records(
+        &mut self,
+        records: &[Record],
+        run_id: i64,
+    ) -> Result<Vec<Upsert>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs = distinct(records.iter().map(Record::source));
+        let triples: Vec<_> = refs.iter().map(|r| ref_triple(r)).collect();
+        let stored: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT r.system, r.stream, r.source_id, r.content_hash FROM json_each($1) j \
+             CROSS JOIN records r ON r.system = j.value ->> 0 AND r.stream = j.value ->> 1 \
+                                 AND r.source_id = j.value ->> 2",
+        )
+        .bind(json_list(&triples, "source refs")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let stored: HashMap<SourceRef, String> = stored
+            .into_iter()
+            .map(|(system, stream, source_id, hash)| {
+                (source_ref((system, stream, source_id)), hash)
+            })
+            .collect();
+
+        // Replays the one-row semantics in memory: each occurrence is compared with the
+        // hash its ref holds at that point, which a previous occurrence may have changed.
+        let hashes: Vec<String> = records.iter().map(Record::content_hash).collect();
+        let mut current: HashMap<&SourceRef, &str> =
+            stored.iter().map(|(r, hash)| (r, hash.as_str())).collect();
+        let mut last_change: HashMap<&SourceRef, usize> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(records.len());
+        for (index, (record, hash)) in records.iter().zip(&hashes).enumerate() {
+            let source = record.source();
+            let outcome = match current.get(source) {
+                None => Upsert::Inserted,
+                Some(&previous) if previous == hash => Upsert::Unchanged,
+                Some(_) => Upsert::Updated,
+            };
+            if outcome != Upsert::Unchanged {
+                current.insert(source, hash);
+                last_change.insert(source, index);
+            }
+            outcomes.push(outcome);
+        }
+        if last_change.is_empty() {
+            return Ok(outcomes);
+        }
+
+        // Each changed ref is written once, as its last changing occurrence, in the order
+        // refs first appear. A ref inserted and then updated within the batch ends exactly
+        // as the one-row path leaves it: first_run and last_changed_run both this run.
+        let mut rows = Vec::with_capacity(last_change.len());
+        for source in &refs {
+            let Some(&index) = last_change.get(source) else {
+                continue;
+            };
+            let record = &records[index];
+            let body = serde_json::to_string(record).map_err(|error| {
+                StoreError::Corrupt(format!("cannot encode record {source}: {error}"))
+            })?;
+            let customer_id = match record {
+                Record::Order(order) => order.customer_id.as_deref(),
+                _ => None,
+            };
+            rows.push((
+                source.system.as_str(),
+                source.stream.as_str(),
+                source.source_id.as_str(),
+                record.kind().as_str(),
+                hashes[index].as_str(),
+                body,
+                customer_id,
+            ));
+        }
+        // `WHERE true` resolves the parsing ambiguity between a join's ON and ON CONFLICT.
+        sqlx::query(
+            "INSERT INTO records (system, stream, source_id, entity, content_hash, body, \
+             customer_id, first_run, last_changed_run, updated_at) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
+                    value ->> 5, value ->> 6, $2, $2, $3 \
+             FROM json_each($1) WHERE true \
+             ON CONFLICT (system, stream, source_id) DO UPDATE SET \
+             entity = excluded.entity, content_hash = excluded.content_hash, \
+             body = excluded.body, customer_id = excluded.customer_id, \
+             last_changed_run = excluded.last_changed_run, updated_at = excluded.updated_at",
+        )
+        .bind(json_list(&rows, "records")?)
+        .bind(run_id)
+        .bind(now())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(outcomes)
+    }
+
+    async fn set_match_keys_many(
+        &mut self,
+        keys: &[(SourceRef, Vec<String>)],
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let refs = distinct(keys.iter().map(|(record, _)| record));
+        let triples: Vec<_> = refs.iter().map(|r| ref_triple(r)).collect();
+        sqlx::query(
+            "DELETE FROM match_keys WHERE rowid IN ( \
+                 SELECT m.rowid FROM json_each($1) j \
+                 CROSS JOIN match_keys m INDEXED BY match_keys_by_record \
+                     ON m.system = j.value ->> 0 AND m.stream = j.value ->> 1 \
+                    AND m.source_id = j.value ->> 2)",
+        )
+        .bind(json_list(&triples, "source refs")?)
+        .execute(&mut *self.tx)
+        .await?;
+
+        // A ref listed twice keeps its last list, as repeated one-row calls would leave it.
+        let last: HashMap<&SourceRef, &[String]> = keys
+            .iter()
+            .map(|(record, keys)| (record, keys.as_slice()))
+            .collect();
+        let rows: Vec<(&str, &str, &str, &str)> = refs
+            .iter()
+            .flat_map(|record| {
+                let keys = last.get(record).copied().unwrap_or_default();
+                keys.iter().map(move |key| {
+                    (
+                        key.as_str(),
+                        record.system.as_str(),
+                        record.stream.as_str(),
+                        record.source_id.as_str(),
+                    )
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO match_keys (key, system, stream, source_id) \
+             SELECT DISTINCT value ->> 0, value ->> 1, value ->> 2, value ->> 3 \
+             FROM json_each($1)",
+        )
+        .bind(json_list(&rows, "match keys")?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn keys_and_links(
+        &mut self,
+        records: &[SourceRef],
+    ) -> Result<Vec<(Vec<String>, Option<Uuid>)>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs = distinct(records);
+        let triples = json_list(
+            &refs.iter().map(|r| ref_triple(r)).collect::<Vec<_>>(),
+            "source refs",
+        )?;
+        let key_rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT j.key, m.key FROM json_each($1) j \
+             CROSS JOIN match_keys m INDEXED BY match_keys_by_record \
+                 ON m.system = j.value ->> 0 AND m.stream = j.value ->> 1 \
+                AND m.source_id = j.value ->> 2 \
+             ORDER BY j.key, m.key",
+        )
+        .bind(&triples)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let link_rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT j.key, l.profile_id FROM json_each($1) j \
+             CROSS JOIN links l ON l.system = j.value ->> 0 AND l.stream = j.value ->> 1 \
+                               AND l.source_id = j.value ->> 2",
+        )
+        .bind(&triples)
+        .fetch_all(&mut *self.tx)
+        .await?;
+
+        let mut found: Vec<(Vec<String>, Option<Uuid>)> = vec![(Vec::new(), None); refs.len()];
+        for (key, match_key) in key_rows {
+            found[position(key, refs.len())?].0.push(match_key);
+        }
+        for (key, profile_id) in link_rows {
+            let index = position(key, refs.len())?;
+            let context = format!("link of {}", refs[index]);
+            found[index].1 = Some(parse_uuid(&profile_id, &context)?);
+        }
+        let index_of: HashMap<&SourceRef, usize> = refs
+            .iter()
+            .enumerate()
+            .map(|(index, record)| (*record, index))
+            .collect();
+        records
+            .iter()
+            .map(|record| {
+                index_of
+                    .get(record)
+                    .map(|&index| found[index].clone())
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("{record} missing from its own batch"))
+                    })
+            })
+            .collect()
+    }
+
+    async fn customers_of_many(
+        &mut self,
+        profiles: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<Customer>>, StoreError> {
+        if profiles.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let profiles = distinct(profiles);
+        let ids: Vec<String> = profiles.iter().map(|id| id.to_string()).collect();
+        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+            // CROSS JOIN fixes the join order, as in `customers_of`: the bound profiles drive
+            // the links index, each link reaches its record by primary key.
+            "SELECT j.key, r.system, r.stream, r.source_id, r.body FROM json_each($1) j \
+             CROSS JOIN links l INDEXED BY links_by_profile ON l.profile_id = j.value \
+             CROSS JOIN records r ON r.system = l.system AND r.stream = l.stream \
+                                 AND r.source_id = l.source_id \
+             WHERE r.entity = 'customer' \
+             ORDER BY j.key, r.system, r.stream, r.source_id",
+        )
+        .bind(json_list(&ids, "profile ids")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out: HashMap<Uuid, Vec<Customer>> = HashMap::new();
+        for (key, system, stream, source_id, body) in rows {
+            let profile_id = *profiles[position(key, profiles.len())?];
+            let context = source_ref((system, stream, source_id)).to_string();
+            out.entry(profile_id)
+                .or_default()
+                .push(decode_customer(&body, &context)?);
+        }
+        Ok(out)
+    }
+
+    async fn orders_of_customers(
+        &mut self,
+        customers: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Vec<Order>>, StoreError> {
+        if customers.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let customers = distinct(customers);
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            // The customer index, forced as in `orders_of_customer`, answers each bound
+            // customer exactly.
+            "SELECT j.key, r.stream, r.source_id, r.body FROM json_each($1) j \
+             CROSS JOIN records r INDEXED BY records_by_customer \
+                 ON r.entity = 'order' AND r.system = j.value ->> 0 \
+                AND r.customer_id = j.value ->> 1 \
+             ORDER BY j.key, r.stream, r.source_id",
+        )
+        .bind(json_list(&customers, "customer ids")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out: HashMap<(String, String), Vec<Order>> = HashMap::new();
+        for (key, stream, source_id, body) in rows {
+            let customer = customers[position(key, customers.len())?];
+            let context = format!("{}/{stream}/{source_id}", customer.0);
+            let order = decode_order(&body, &context)?;
+            out.entry(customer.clone()).or_default().push(order);
+        }
+        Ok(out)
+    }
+
+    async fn profiles_of_customer_ids(
+        &mut self,
+        customers: &[(String, String)],
+    ) -> Result<BTreeSet<Uuid>, StoreError> {
+        if customers.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let ids: Vec<String> = sqlx::query_scalar(
+            // Without statistics SQLite may serve `entity = 'customer' AND system = ?` from
+            // the customer index and walk every customer of the system per bound id.
+            "SELECT DISTINCT l.profile_id FROM json_each($1) j \
+             CROSS JOIN records r INDEXED BY records_by_source_id \
+                 ON r.system = j.value ->> 0 AND r.source_id = j.value ->> 1 \
+             CROSS JOIN links l ON l.system = r.system AND l.stream = r.stream \
+                               AND l.source_id = r.source_id \
+             WHERE r.entity = 'customer'",
+        )
+        .bind(json_list(customers, "customer ids")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        ids.iter()
+            .map(|id| parse_uuid(id, "links.profile_id"))
+            .collect()
+    }
+
+    async fn latest_profiles(
+        &mut self,
+        profiles: &[Uuid],
+    ) -> Result<HashMap<Uuid, (i64, String)>, StoreError> {
+        if profiles.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<String> = profiles.iter().map(|id| id.to_string()).collect();
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT j.key, p.latest_version, p.latest_hash FROM json_each($1) j \
+             CROSS JOIN profiles p ON p.profile_id = j.value \
+             WHERE p.latest_version IS NOT NULL",
+        )
+        .bind(json_list(&ids, "profile ids")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(key, version, hash)| {
+                Ok((profiles[position(key, profiles.len())?], (version, hash)))
+            })
+            .collect()
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
@@ -1430,5 +1783,620 @@ mod tests {
             error.to_string(),
             "store: cannot finish job run 99: no such run"
         );
+    }
+
+    /// Every row of `records` except `updated_at` (a clock reading), in key order.
+    type StoredRecord = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        i64,
+        i64,
+    );
+
+    async fn stored_records(store: &SqliteStore) -> Vec<StoredRecord> {
+        sqlx::query_as(
+            "SELECT system, stream, source_id, entity, content_hash, body, customer_id, \
+             first_run, last_changed_run FROM records ORDER BY system, stream, source_id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    }
+
+    async fn stored_match_keys(store: &SqliteStore) -> Vec<(String, String, String, String)> {
+        sqlx::query_as(
+            "SELECT key, system, stream, source_id FROM match_keys \
+             ORDER BY key, system, stream, source_id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn upsert_records_matches_one_row_upserts_including_repeats_within_a_batch() {
+        let (_batch_dir, batch_store) = temp_store().await;
+        let (_row_dir, row_store) = temp_store().await;
+        let c1 = Record::Customer(customer("erp", "customers", "1", &["a@b.c"]));
+        let o1 = order("erp", "SO-1", Some("C-1"));
+        let mut o1_changed = o1.clone();
+        o1_changed.customer_id = Some("C-2".to_string());
+        let c2 = Record::Customer(customer("crm", "contacts", "2", &[]));
+        let mut c2_renamed = customer("crm", "contacts", "2", &[]);
+        c2_renamed.full_name = Some("Renamed".to_string());
+        let batches = vec![
+            (
+                1,
+                vec![
+                    c1.clone(),
+                    Record::Order(o1.clone()),
+                    c1.clone(),
+                    Record::Order(o1_changed.clone()),
+                    Record::Order(o1.clone()),
+                ],
+                vec![
+                    Upsert::Inserted,
+                    Upsert::Inserted,
+                    Upsert::Unchanged,
+                    Upsert::Updated,
+                    Upsert::Updated,
+                ],
+            ),
+            (
+                2,
+                vec![
+                    c1.clone(),
+                    Record::Order(o1_changed.clone()),
+                    c2.clone(),
+                    Record::Customer(c2_renamed.clone()),
+                    Record::Customer(c2_renamed),
+                ],
+                vec![
+                    Upsert::Unchanged,
+                    Upsert::Updated,
+                    Upsert::Inserted,
+                    Upsert::Updated,
+                    Upsert::Unchanged,
+                ],
+            ),
+            (
+                3,
+                vec![c1.clone(), c2.clone()],
+                vec![Upsert::Unchanged, Upsert::Updated],
+            ),
+        ];
+        for (run_id, records, expected) in batches {
+            let mut tx = batch_store.begin().await.unwrap();
+            assert_eq!(tx.upsert_records(&records, run_id).await.unwrap(), expected);
+            tx.commit().await.unwrap();
+            let mut tx = row_store.begin().await.unwrap();
+            let mut one_row = Vec::new();
+            for record in &records {
+                one_row.push(tx.upsert_record(record, run_id).await.unwrap());
+            }
+            tx.commit().await.unwrap();
+            assert_eq!(one_row, expected);
+            assert_eq!(
+                stored_records(&batch_store).await,
+                stored_records(&row_store).await
+            );
+        }
+
+        let stored = stored_records(&batch_store).await;
+        let summary: Vec<(&str, Option<&str>, i64, i64)> = stored
+            .iter()
+            .map(|row| (row.2.as_str(), row.6.as_deref(), row.7, row.8))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("2", None, 2, 3),
+                ("1", None, 1, 1),
+                ("SO-1", Some("C-2"), 1, 2),
+            ]
+        );
+        assert_eq!(serde_json::from_str::<Record>(&stored[0].5).unwrap(), c2);
+
+        let mut tx = batch_store.begin().await.unwrap();
+        assert!(tx.upsert_records(&[], 4).await.unwrap().is_empty());
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn set_match_keys_many_matches_one_row_calls_and_the_last_list_wins() {
+        let (_batch_dir, batch_store) = temp_store().await;
+        let (_row_dir, row_store) = temp_store().await;
+        let one = source("erp", "customers", "1");
+        let two = source("crm", "contacts", "2");
+        let three = source("erp", "customers", "3");
+        let untouched = source("erp", "customers", "4");
+        let keys = |list: &[&str]| list.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let before = vec![
+            (one.clone(), keys(&["email:old@b.c", "phone:+491"])),
+            (three.clone(), keys(&["email:three@b.c"])),
+            (untouched.clone(), keys(&["email:four@b.c"])),
+        ];
+        let batch = vec![
+            (one.clone(), keys(&["email:first@b.c"])),
+            (
+                two.clone(),
+                keys(&["email:a@b.c", "email:a@b.c", "phone:+492"]),
+            ),
+            (three.clone(), Vec::new()),
+            (one.clone(), keys(&["email:a@b.c", "phone:+491"])),
+        ];
+        for store in [&batch_store, &row_store] {
+            let mut tx = store.begin().await.unwrap();
+            for (record, keys) in &before {
+                tx.set_match_keys(record, keys).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+        let mut tx = batch_store.begin().await.unwrap();
+        tx.set_match_keys_many(&batch).await.unwrap();
+        tx.set_match_keys_many(&[]).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = row_store.begin().await.unwrap();
+        for (record, keys) in &batch {
+            tx.set_match_keys(record, keys).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+
+        let stored = stored_match_keys(&batch_store).await;
+        assert_eq!(stored, stored_match_keys(&row_store).await);
+        let row = |key: &str, record: &SourceRef| {
+            (
+                key.to_string(),
+                record.system.clone(),
+                record.stream.clone(),
+                record.source_id.clone(),
+            )
+        };
+        assert_eq!(
+            stored,
+            vec![
+                row("email:a@b.c", &two),
+                row("email:a@b.c", &one),
+                row("email:four@b.c", &untouched),
+                row("phone:+491", &one),
+                row("phone:+492", &two),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_and_links_match_one_row_lookups_in_input_order() {
+        let (_dir, store) = temp_store().await;
+        let one = source("erp", "customers", "1");
+        let two = source("crm", "contacts", "2");
+        let unlinked = source("erp", "customers", "3");
+        let missing = source("erp", "customers", "9");
+        let p1 = Uuid::from_u128(1);
+        let mut tx = store.begin().await.unwrap();
+        tx.set_match_keys(&one, &["phone:+491".to_string(), "email:a@b.c".to_string()])
+            .await
+            .unwrap();
+        tx.set_match_keys(&unlinked, &["email:x@y.z".to_string()])
+            .await
+            .unwrap();
+        tx.set_link(&one, p1).await.unwrap();
+        tx.set_link(&two, p1).await.unwrap();
+
+        let input = vec![
+            missing.clone(),
+            one.clone(),
+            two.clone(),
+            unlinked.clone(),
+            one.clone(),
+        ];
+        let found = tx.keys_and_links(&input).await.unwrap();
+        let mut one_row = Vec::new();
+        for record in &input {
+            one_row.push((
+                tx.match_keys(record).await.unwrap(),
+                tx.link_of(record).await.unwrap(),
+            ));
+        }
+        assert_eq!(found, one_row);
+        let one_found = (
+            vec!["email:a@b.c".to_string(), "phone:+491".to_string()],
+            Some(p1),
+        );
+        assert_eq!(
+            found,
+            vec![
+                (Vec::new(), None),
+                one_found.clone(),
+                (Vec::new(), Some(p1)),
+                (vec!["email:x@y.z".to_string()], None),
+                one_found,
+            ]
+        );
+        assert!(tx.keys_and_links(&[]).await.unwrap().is_empty());
+        tx.commit().await.unwrap();
+    }
+
+    /// Two profiles over customers of two systems, a customer id shared by two streams of
+    /// one system, orders of some customers, and a link on an order that must never count.
+    async fn linked_store() -> (TempDir, SqliteStore, Uuid, Uuid) {
+        let (dir, store) = temp_store().await;
+        let p1 = Uuid::from_u128(1);
+        let p2 = Uuid::from_u128(2);
+        let erp = customer("erp", "customers", "C-1", &[]);
+        let erp_other_stream = customer("erp", "contacts", "C-1", &[]);
+        let crm = customer("crm", "contacts", "c-1", &[]);
+        let records = vec![
+            Record::Customer(erp.clone()),
+            Record::Customer(erp_other_stream.clone()),
+            Record::Customer(crm.clone()),
+            Record::Customer(customer("erp", "customers", "C-2", &[])),
+            Record::Order(order("erp", "SO-2", Some("C-1"))),
+            Record::Order(order("erp", "SO-1", Some("C-1"))),
+            Record::Order(order("erp", "C-1", Some("C-2"))),
+            Record::Order(order("shop", "SO-3", Some("C-1"))),
+        ];
+        let mut tx = store.begin().await.unwrap();
+        for record in &records {
+            tx.upsert_record(record, 1).await.unwrap();
+        }
+        tx.set_link(&erp.source, p1).await.unwrap();
+        tx.set_link(&crm.source, p1).await.unwrap();
+        tx.set_link(&erp_other_stream.source, p2).await.unwrap();
+        tx.set_link(&source("erp", "orders", "C-1"), p2)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        (dir, store, p1, p2)
+    }
+
+    #[tokio::test]
+    async fn customers_of_many_matches_customers_of_and_omits_profiles_without_any() {
+        let (_dir, store, p1, p2) = linked_store().await;
+        let nobody = Uuid::from_u128(3);
+        let mut tx = store.begin().await.unwrap();
+        let found = tx.customers_of_many(&[p2, nobody, p1, p2]).await.unwrap();
+        let expected = HashMap::from([
+            (p1, tx.customers_of(p1).await.unwrap()),
+            (p2, tx.customers_of(p2).await.unwrap()),
+        ]);
+        assert_eq!(found, expected);
+        let sources: Vec<&SourceRef> = found[&p1].iter().map(|c| &c.source).collect();
+        assert_eq!(
+            sources,
+            vec![
+                &source("crm", "contacts", "c-1"),
+                &source("erp", "customers", "C-1")
+            ]
+        );
+        assert_eq!(found[&p2].len(), 1);
+        assert!(tx.customers_of_many(&[nobody]).await.unwrap().is_empty());
+        assert!(tx.customers_of_many(&[]).await.unwrap().is_empty());
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn orders_of_customers_matches_orders_of_customer_keyed_like_the_input() {
+        let (_dir, store, _, _) = linked_store().await;
+        let key = |system: &str, id: &str| (system.to_string(), id.to_string());
+        let input = vec![
+            key("erp", "C-1"),
+            key("shop", "C-1"),
+            key("erp", "C-9"),
+            key("erp", "C-2"),
+            key("erp", "C-1"),
+        ];
+        let mut tx = store.begin().await.unwrap();
+        let found = tx.orders_of_customers(&input).await.unwrap();
+        let mut expected = HashMap::new();
+        for (system, id) in &input {
+            let orders = tx.orders_of_customer(system, id).await.unwrap();
+            if !orders.is_empty() {
+                expected.insert((system.clone(), id.clone()), orders);
+            }
+        }
+        assert_eq!(found, expected);
+        assert_eq!(found.len(), 3);
+        let numbers: Vec<&str> = found[&key("erp", "C-1")]
+            .iter()
+            .map(|o| o.order_number.as_str())
+            .collect();
+        assert_eq!(numbers, vec!["SO-1", "SO-2"]);
+        assert!(tx.orders_of_customers(&[]).await.unwrap().is_empty());
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn profiles_of_customer_ids_is_the_union_of_the_one_row_lookups() {
+        let (_dir, store, p1, p2) = linked_store().await;
+        let key = |system: &str, id: &str| (system.to_string(), id.to_string());
+        let mut tx = store.begin().await.unwrap();
+        let cases = vec![
+            (vec![key("erp", "C-1")], BTreeSet::from([p1, p2])),
+            (
+                vec![key("crm", "c-1"), key("crm", "c-1")],
+                BTreeSet::from([p1]),
+            ),
+            // C-2 is a customer without a link; erp/orders/C-1 is linked but an order.
+            (vec![key("erp", "C-2"), key("crm", "C-1")], BTreeSet::new()),
+            (Vec::new(), BTreeSet::new()),
+        ];
+        for (input, expected) in cases {
+            let found = tx.profiles_of_customer_ids(&input).await.unwrap();
+            let mut one_row = BTreeSet::new();
+            for (system, id) in &input {
+                one_row.extend(tx.profiles_of_customer_id(system, id).await.unwrap());
+            }
+            assert_eq!(found, one_row);
+            assert_eq!(found, expected);
+        }
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn latest_profiles_matches_latest_profile_and_skips_profiles_without_versions() {
+        let (_dir, store) = temp_store().await;
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        let retired_unseen = Uuid::from_u128(3);
+        let unknown = Uuid::from_u128(4);
+        let mut tx = store.begin().await.unwrap();
+        tx.write_profile(&profile(a, 1, "A"), "a1", "customer.profile.created", "{}")
+            .await
+            .unwrap();
+        tx.write_profile(&profile(a, 2, "A2"), "a2", "customer.profile.updated", "{}")
+            .await
+            .unwrap();
+        tx.write_profile(&profile(b, 1, "B"), "b1", "customer.profile.created", "{}")
+            .await
+            .unwrap();
+        tx.retire_profile(retired_unseen, a).await.unwrap();
+        let input = [unknown, b, retired_unseen, a, b];
+        let found = tx.latest_profiles(&input).await.unwrap();
+        let mut one_row = HashMap::new();
+        for id in input {
+            if let Some(latest) = tx.latest_profile(id).await.unwrap() {
+                one_row.insert(id, latest);
+            }
+        }
+        assert_eq!(found, one_row);
+        assert_eq!(
+            found,
+            HashMap::from([(a, (2, "a2".to_string())), (b, (1, "b1".to_string()))])
+        );
+        assert!(tx.latest_profiles(&[]).await.unwrap().is_empty());
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn batch_methods_take_more_items_than_sqlite_binds_variables() {
+        // 12,000 refs of three values each exceed SQLite's 32,766 bound variables.
+        const N: usize = 12_000;
+        let (_dir, store) = temp_store().await;
+        let customers: Vec<Customer> = (0..N)
+            .map(|n| customer("erp", "customers", &format!("C-{n}"), &[]))
+            .collect();
+        let records: Vec<Record> =
+            customers
+                .iter()
+                .map(|c| Record::Customer(c.clone()))
+                .chain((0..N).map(|n| {
+                    Record::Order(order("erp", &format!("SO-{n}"), Some(&format!("C-{n}"))))
+                }))
+                .collect();
+        let refs: Vec<SourceRef> = customers.iter().map(|c| c.source.clone()).collect();
+        let profiles: Vec<Uuid> = (0..N).map(|n| Uuid::from_u128(n as u128 + 1)).collect();
+        let ids: Vec<(String, String)> = (0..N)
+            .map(|n| ("erp".to_string(), format!("C-{n}")))
+            .collect();
+
+        let mut tx = store.begin().await.unwrap();
+        let outcomes = tx.upsert_records(&records, 1).await.unwrap();
+        assert_eq!(outcomes, vec![Upsert::Inserted; 2 * N]);
+        let keys: Vec<(SourceRef, Vec<String>)> = refs
+            .iter()
+            .enumerate()
+            .map(|(n, r)| (r.clone(), vec![format!("email:{n}@x.y")]))
+            .collect();
+        tx.set_match_keys_many(&keys).await.unwrap();
+        for (record, profile_id) in refs.iter().zip(&profiles) {
+            tx.set_link(record, *profile_id).await.unwrap();
+        }
+        let found = tx.keys_and_links(&refs).await.unwrap();
+        assert_eq!(found.len(), N);
+        assert_eq!(
+            found[N - 1],
+            (vec![format!("email:{}@x.y", N - 1)], Some(profiles[N - 1]))
+        );
+        assert_eq!(tx.customers_of_many(&profiles).await.unwrap().len(), N);
+        assert_eq!(tx.orders_of_customers(&ids).await.unwrap().len(), N);
+        assert_eq!(tx.profiles_of_customer_ids(&ids).await.unwrap().len(), N);
+        assert!(tx.latest_profiles(&profiles).await.unwrap().is_empty());
+        let outcomes = tx.upsert_records(&records, 2).await.unwrap();
+        assert_eq!(outcomes, vec![Upsert::Unchanged; 2 * N]);
+        tx.commit().await.unwrap();
+        assert_eq!(count(&store, "records").await, 2 * N as i64);
+    }
+
+    /// Counts the statements one transaction runs, from the `sqlx::query` event sqlx emits
+    /// for each statement on the connection's worker thread. Two runs of one marker statement
+    /// on that thread bracket the counted call; only
+    /// `each_batch_method_runs_a_constant_number_of_statements` runs the marker, one call at
+    /// a time, so the last two marker events on a thread are always its own.
+    mod statement_count {
+        use std::sync::{Mutex, OnceLock};
+
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::{Context, SubscriberExt};
+
+        use super::SqliteTx;
+
+        const MARKER: &str = "SELECT 'statement count marker'";
+
+        /// (worker thread, the event's fields) of every `sqlx::query` event.
+        static EVENTS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+        struct Recorder;
+
+        struct Fields(String);
+
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={value:?} ", field.name()));
+            }
+        }
+
+        impl<S: tracing::Subscriber> Layer<S> for Recorder {
+            fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+                if event.metadata().target() != "sqlx::query" {
+                    return;
+                }
+                let mut fields = Fields(String::new());
+                event.record(&mut fields);
+                let thread = std::thread::current()
+                    .name()
+                    .unwrap_or_default()
+                    .to_string();
+                EVENTS.lock().unwrap().push((thread, fields.0));
+            }
+        }
+
+        pub async fn marker(tx: &mut SqliteTx) {
+            static INSTALLED: OnceLock<()> = OnceLock::new();
+            INSTALLED.get_or_init(|| {
+                tracing::subscriber::set_global_default(
+                    tracing_subscriber::registry().with(Recorder),
+                )
+                .unwrap();
+            });
+            sqlx::query(MARKER).execute(&mut *tx.tx).await.unwrap();
+        }
+
+        /// The statements between the last two markers of the thread that ran the last one.
+        pub fn since_previous_marker() -> usize {
+            let events = EVENTS.lock().unwrap();
+            let is_marker = |fields: &str| fields.contains(MARKER);
+            let (end, (thread, _)) = events
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(_, (_, fields))| is_marker(fields))
+                .unwrap();
+            let start = events[..end]
+                .iter()
+                .rposition(|(t, fields)| t == thread && is_marker(fields))
+                .unwrap();
+            events[start + 1..end]
+                .iter()
+                .filter(|(t, _)| t == thread)
+                .count()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_batch_method_runs_a_constant_number_of_statements() {
+        let (_dir, store, p1, p2) = linked_store().await;
+        let mut tx = SqliteTx {
+            tx: store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap(),
+        };
+        let small = 1;
+        let large = 300;
+        let records = |n: usize, run: u32| -> Vec<Record> {
+            (0..n)
+                .map(|i| {
+                    let mut c = customer("erp", "customers", &format!("B-{i}"), &[]);
+                    c.full_name = Some(format!("run {run}"));
+                    Record::Customer(c)
+                })
+                .collect()
+        };
+        let refs = |n: usize| -> Vec<SourceRef> {
+            (0..n)
+                .map(|i| source("erp", "customers", &format!("B-{i}")))
+                .collect()
+        };
+        let ids = |n: usize| -> Vec<(String, String)> {
+            (0..n)
+                .map(|i| ("erp".to_string(), format!("C-{}", i % 3)))
+                .collect()
+        };
+        let profiles = |n: usize| -> Vec<Uuid> { (0..n).map(|i| [p1, p2][i % 2]).collect() };
+
+        let mut counts = Vec::new();
+        for n in [small, large] {
+            let mut per_method = Vec::new();
+            statement_count::marker(&mut tx).await;
+            // Inserts (or updates) every record: the lookup and one upsert.
+            tx.upsert_records(&records(n, 1), 1).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("upsert_records", statement_count::since_previous_marker()));
+            // Nothing changed: the lookup only.
+            tx.upsert_records(&records(n, 1), 1).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push((
+                "upsert_records unchanged",
+                statement_count::since_previous_marker(),
+            ));
+            let keys: Vec<_> = refs(n)
+                .into_iter()
+                .map(|r| (r, vec!["email:a@b.c".to_string()]))
+                .collect();
+            tx.set_match_keys_many(&keys).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push((
+                "set_match_keys_many",
+                statement_count::since_previous_marker(),
+            ));
+            tx.keys_and_links(&refs(n)).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("keys_and_links", statement_count::since_previous_marker()));
+            tx.customers_of_many(&profiles(n)).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push((
+                "customers_of_many",
+                statement_count::since_previous_marker(),
+            ));
+            tx.orders_of_customers(&ids(n)).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push((
+                "orders_of_customers",
+                statement_count::since_previous_marker(),
+            ));
+            tx.profiles_of_customer_ids(&ids(n)).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push((
+                "profiles_of_customer_ids",
+                statement_count::since_previous_marker(),
+            ));
+            tx.latest_profiles(&profiles(n)).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("latest_profiles", statement_count::since_previous_marker()));
+            tx.upsert_records(&[], 1).await.unwrap();
+            tx.set_match_keys_many(&[]).await.unwrap();
+            tx.keys_and_links(&[]).await.unwrap();
+            tx.customers_of_many(&[]).await.unwrap();
+            tx.orders_of_customers(&[]).await.unwrap();
+            tx.profiles_of_customer_ids(&[]).await.unwrap();
+            tx.latest_profiles(&[]).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("empty inputs", statement_count::since_previous_marker()));
+            counts.push(per_method);
+        }
+        let expected = vec![
+            ("upsert_records", 2),
+            ("upsert_records unchanged", 1),
+            ("set_match_keys_many", 2),
+            ("keys_and_links", 2),
+            ("customers_of_many", 1),
+            ("orders_of_customers", 1),
+            ("profiles_of_customer_ids", 1),
+            ("latest_profiles", 1),
+            ("empty inputs", 0),
+        ];
+        assert_eq!(counts, vec![expected.clone(), expected]);
     }
 }
