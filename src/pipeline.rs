@@ -31,7 +31,7 @@ use crate::sink::relay::{self, RelaySettings};
 use crate::source::file::{FileFormat, FileSource, FileStreamSettings, TextEncoding};
 use crate::source::{Batch, Checkpoint, RawItem, Source, SourceError};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{QuarantineEntry, Store, StoreError, StoreTx, Upsert};
+use crate::store::{ProfileWrite, QuarantineEntry, Store, StoreError, StoreTx, Upsert};
 
 /// Counters of one run, printed at its end and stored with the job run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -491,6 +491,7 @@ impl Batcher<'_> {
             .collect();
         let mut orders = tx.orders_of_customers(&owners).await?;
         let latest = tx.latest_profiles(&ids).await?;
+        let mut writes = Vec::new();
         for profile_id in ids {
             let Some(members) = customers.remove(&profile_id) else {
                 continue;
@@ -526,12 +527,16 @@ impl Batcher<'_> {
                 EventType::Merged => summary.profiles_merged += 1,
             }
             let event = ProfileEvent::new(&self.event_source, event_type, Timestamp::now(), built);
-            let body = serde_json::to_string(&event)
+            let event_body = serde_json::to_string(&event)
                 .map_err(|e| StoreError::Corrupt(format!("cannot serialise event: {e}")))?;
-            tx.write_profile(&event.data, &hash, event_type.as_str(), &body)
-                .await?;
+            writes.push(ProfileWrite {
+                profile: event.data,
+                content_hash: hash,
+                event_type: event_type.as_str().to_string(),
+                event_body,
+            });
         }
-        Ok(())
+        tx.write_profiles(&writes).await
     }
 }
 
@@ -592,11 +597,13 @@ async fn relink(
     let resolution = resolver::resolve(&inputs, Uuid::now_v7);
     let current: BTreeMap<&SourceRef, Option<Uuid>> =
         inputs.iter().map(|n| (&n.record, n.current)).collect();
-    for (record, profile) in &resolution.assignments {
-        if current.get(record).copied().flatten() != Some(*profile) {
-            tx.set_link(record, *profile).await?;
-        }
-    }
+    let moved: Vec<(SourceRef, Uuid)> = resolution
+        .assignments
+        .iter()
+        .filter(|(record, profile)| current.get(record).copied().flatten() != Some(*profile))
+        .cloned()
+        .collect();
+    tx.set_links(&moved).await?;
     let mut merges = BTreeMap::new();
     for merge in &resolution.merges {
         for retired in &merge.retired {

@@ -61,6 +61,15 @@ pub struct LinkedCustomer {
     pub profile_id: Uuid,
 }
 
+/// A new profile version with its outbox event, as written by [`StoreTx::write_profiles`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileWrite {
+    pub profile: CustomerProfile,
+    pub content_hash: String,
+    pub event_type: String,
+    pub event_body: String,
+}
+
 /// One row of the quarantine, as listed to operators.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuarantineRow {
@@ -245,6 +254,28 @@ pub trait StoreTx: Send {
             out.extend(self.profiles_of_customer_id(system, customer_id).await?);
         }
         Ok(out)
+    }
+
+    /// [`StoreTx::set_link`] for many records; a record listed twice keeps its last link.
+    async fn set_links(&mut self, links: &[(SourceRef, Uuid)]) -> Result<(), StoreError> {
+        for (record, profile) in links {
+            self.set_link(record, *profile).await?;
+        }
+        Ok(())
+    }
+
+    /// [`StoreTx::write_profile`] for many profiles; outbox rows follow the input order.
+    async fn write_profiles(&mut self, writes: &[ProfileWrite]) -> Result<(), StoreError> {
+        for write in writes {
+            self.write_profile(
+                &write.profile,
+                &write.content_hash,
+                &write.event_type,
+                &write.event_body,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// The latest stored version and content hash of each profile that has one.

@@ -28,7 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use super::{QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert};
+use super::{ProfileWrite, QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert};
 use crate::model::profile::CustomerProfile;
 use crate::model::{Customer, Order, Record, SourceRef};
 use crate::sink::OutboxEvent;
@@ -719,6 +719,107 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
+    async fn set_links(&mut self, links: &[(SourceRef, Uuid)]) -> Result<(), StoreError> {
+        if links.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(&str, &str, &str, String)> = links
+            .iter()
+            .map(|(r, p)| {
+                (
+                    r.system.as_str(),
+                    r.stream.as_str(),
+                    r.source_id.as_str(),
+                    p.to_string(),
+                )
+            })
+            .collect();
+        // `WHERE true` tells SQLite's parser the ON CONFLICT belongs to the INSERT, not to a
+        // join in the SELECT. Rows are inserted in array order, so a repeated record keeps
+        // its last link.
+        sqlx::query(
+            "INSERT INTO links (system, stream, source_id, profile_id) \
+             SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 \
+             FROM json_each($1) j WHERE true ORDER BY j.key \
+             ON CONFLICT (system, stream, source_id) DO UPDATE SET profile_id = excluded.profile_id",
+        )
+        .bind(json_list(&rows, "links")?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn write_profiles(&mut self, writes: &[ProfileWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let created_at = now();
+        let mut rows = Vec::with_capacity(writes.len());
+        for write in writes {
+            let profile_id = write.profile.profile_id.to_string();
+            let body = serde_json::to_string(&write.profile).map_err(|error| {
+                StoreError::Corrupt(format!("cannot encode profile {profile_id}: {error}"))
+            })?;
+            let event_id = format!("{profile_id}:{}", write.profile.version);
+            rows.push(serde_json::json!([
+                profile_id,
+                write.profile.version,
+                write.content_hash,
+                body,
+                event_id,
+                write.event_type,
+                write.event_body,
+            ]));
+        }
+        let rows = json_list(&rows, "profile versions")?;
+        // As in `write_profile`: the profiles rows first, and versions only move forward.
+        let advanced = sqlx::query(
+            "INSERT INTO profiles (profile_id, created_at, latest_version, latest_hash) \
+             SELECT j.value ->> 0, $2, j.value ->> 1, j.value ->> 2 \
+             FROM json_each($1) j WHERE true ORDER BY j.key \
+             ON CONFLICT (profile_id) DO UPDATE \
+             SET latest_version = excluded.latest_version, latest_hash = excluded.latest_hash \
+             WHERE profiles.latest_version IS NULL \
+                OR profiles.latest_version < excluded.latest_version",
+        )
+        .bind(&rows)
+        .bind(&created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        if advanced.rows_affected() != writes.len() as u64 {
+            let stale: Vec<String> = writes
+                .iter()
+                .map(|w| format!("{} v{}", w.profile.profile_id, w.profile.version))
+                .collect();
+            return Err(StoreError::Corrupt(format!(
+                "{} of {} profile versions are not newer than the stored latest version \
+                 (among {})",
+                writes.len() as u64 - advanced.rows_affected(),
+                writes.len(),
+                stale.join(", ")
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO profile_versions (profile_id, version, content_hash, body, created_at) \
+             SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, $2 \
+             FROM json_each($1) j ORDER BY j.key",
+        )
+        .bind(&rows)
+        .bind(&created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO outbox (event_id, event_type, body, created_at) \
+             SELECT j.value ->> 4, j.value ->> 5, j.value ->> 6, $2 \
+             FROM json_each($1) j ORDER BY j.key",
+        )
+        .bind(&rows)
+        .bind(&created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     async fn upsert_records(
         &mut self,
         records: &[Record],
@@ -1108,6 +1209,130 @@ mod tests {
             },
             sources: Vec::new(),
         }
+    }
+
+    fn write(profile: CustomerProfile, event_type: &str) -> ProfileWrite {
+        let event_body = format!("{{\"id\":\"{}:{}\"}}", profile.profile_id, profile.version);
+        ProfileWrite {
+            content_hash: format!("hash-{}-{}", profile.profile_id, profile.version),
+            profile,
+            event_type: event_type.to_string(),
+            event_body,
+        }
+    }
+
+    #[tokio::test]
+    async fn set_links_moves_links_in_one_call_and_a_repeated_record_keeps_its_last_link() {
+        let (_dir, store) = temp_store().await;
+        let (p1, p2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let (a, b) = (
+            source("sap", "customers", "a"),
+            source("sap", "customers", "b"),
+        );
+        let mut tx = store.begin().await.unwrap();
+        tx.set_link(&a, p1).await.unwrap();
+        tx.set_links(&[]).await.unwrap();
+        tx.set_links(&[(a.clone(), p2), (b.clone(), p1), (b.clone(), p2)])
+            .await
+            .unwrap();
+        assert_eq!(tx.link_of(&a).await.unwrap(), Some(p2));
+        assert_eq!(tx.link_of(&b).await.unwrap(), Some(p2));
+        let many: Vec<(SourceRef, Uuid)> = (0..5000)
+            .map(|i| (source("shop", "customers", &format!("k{i}")), p1))
+            .collect();
+        tx.set_links(&many).await.unwrap();
+        assert_eq!(
+            tx.link_of(&source("shop", "customers", "k4999"))
+                .await
+                .unwrap(),
+            Some(p1)
+        );
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn write_profiles_equals_one_row_writes_and_keeps_the_outbox_order() {
+        let (_dir, batched) = temp_store().await;
+        let (_dir2, single) = temp_store().await;
+        let ids: Vec<Uuid> = (1..=3).map(Uuid::from_u128).collect();
+        let first: Vec<ProfileWrite> = ids
+            .iter()
+            .map(|id| write(profile(*id, 1, "Anna"), "customer.profile.created"))
+            .collect();
+        let second = vec![write(
+            profile(ids[1], 2, "Anna B."),
+            "customer.profile.updated",
+        )];
+        for round in [&first, &second] {
+            let mut tx = batched.begin().await.unwrap();
+            tx.write_profiles(round).await.unwrap();
+            tx.commit().await.unwrap();
+            let mut tx = single.begin().await.unwrap();
+            for w in round.iter() {
+                tx.write_profile(&w.profile, &w.content_hash, &w.event_type, &w.event_body)
+                    .await
+                    .unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+        for store in [&batched, &single] {
+            let events = store.pending_events(10).await.unwrap();
+            let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+            assert_eq!(
+                ids,
+                [
+                    format!("{}:1", Uuid::from_u128(1)),
+                    format!("{}:1", Uuid::from_u128(2)),
+                    format!("{}:1", Uuid::from_u128(3)),
+                    format!("{}:2", Uuid::from_u128(2)),
+                ]
+            );
+            assert_eq!(events[3].event_type, "customer.profile.updated");
+            assert_eq!(
+                events[3].body,
+                format!("{{\"id\":\"{}:2\"}}", Uuid::from_u128(2))
+            );
+            let latest = store.profile(Uuid::from_u128(2)).await.unwrap().unwrap();
+            assert_eq!(latest.version, 2);
+            assert_eq!(latest.golden.full_name.as_deref(), Some("Anna B."));
+            let mut tx = store.begin().await.unwrap();
+            assert_eq!(
+                tx.latest_profiles(&[Uuid::from_u128(2)]).await.unwrap()[&Uuid::from_u128(2)],
+                (2, format!("hash-{}-2", Uuid::from_u128(2)))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn write_profiles_refuses_a_stale_version_and_writes_nothing_of_the_batch() {
+        let (_dir, store) = temp_store().await;
+        let id = Uuid::from_u128(7);
+        let mut tx = store.begin().await.unwrap();
+        tx.write_profiles(&[write(profile(id, 2, "Anna"), "customer.profile.created")])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.begin().await.unwrap();
+        let error = tx
+            .write_profiles(&[
+                write(
+                    profile(Uuid::from_u128(8), 1, "Otto"),
+                    "customer.profile.created",
+                ),
+                write(profile(id, 2, "Anna again"), "customer.profile.updated"),
+            ])
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("1 of 2 profile versions are not newer"),
+            "{error}"
+        );
+        drop(tx);
+        assert_eq!(store.pending_count().await.unwrap(), 1);
+        assert_eq!(store.profile(Uuid::from_u128(8)).await.unwrap(), None);
     }
 
     async fn count(store: &SqliteStore, table: &'static str) -> i64 {
