@@ -300,14 +300,7 @@ fn preview_settings(
     for connector in config.connectors.values() {
         let Transport::File(file) = &connector.transport;
         if let Some(stream) = file.streams.iter().find(|s| s.mapping == mapping) {
-            return Ok(FileStreamSettings {
-                format: FileFormat::parse(&stream.format).unwrap_or(FileFormat::Json),
-                records: stream.records.clone(),
-                delimiter: stream.delimiter,
-                quote: stream.quote,
-                encoding: TextEncoding::parse(&stream.encoding).unwrap_or(TextEncoding::Utf8),
-                batch_size: stream.batch_size,
-            });
+            return Ok(pipeline::file_settings(stream));
         }
     }
     let extension = sample

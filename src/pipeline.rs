@@ -320,7 +320,8 @@ async fn sync_streams(
     Ok(())
 }
 
-fn file_settings(stream: &FileStream) -> FileStreamSettings {
+/// The reader settings of a configured file stream (its names were checked by validation).
+pub fn file_settings(stream: &FileStream) -> FileStreamSettings {
     FileStreamSettings {
         format: FileFormat::parse(&stream.format).unwrap_or(FileFormat::Json),
         records: stream.records.clone(),
