@@ -441,6 +441,12 @@ impl Batcher<'_> {
         }
 
         summary.records_mapped += records.len() as u64;
+        let order_refs: Vec<SourceRef> = records
+            .iter()
+            .filter(|r| matches!(r, Record::Order(_)))
+            .map(|r| r.source().clone())
+            .collect();
+        let mut previous_customers = tx.stored_order_customers(&order_refs).await?;
         let outcomes = tx.upsert_records(&records, self.run_id).await?;
         let rules = &self.config.identity.match_on;
         let mut customer_keys = Vec::new();
@@ -460,6 +466,10 @@ impl Batcher<'_> {
                     customer_keys.push((customer.source, keys));
                 }
                 Record::Order(order) => {
+                    // An order that moved to another customer changes the profile it left.
+                    if let Some(previous) = previous_customers.remove(&order.source) {
+                        order_customers.insert((order.source.system.clone(), previous));
+                    }
                     if let Some(customer) = order.customer_id {
                         order_customers.insert((order.source.system, customer));
                     }

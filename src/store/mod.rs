@@ -173,6 +173,14 @@ pub trait StoreTx: Send {
         event_body: &str,
     ) -> Result<(), StoreError>;
 
+    /// The customer ids the given order records are stored with now (orders not stored yet,
+    /// or stored without a customer, are absent), so a batch that moves an order to another
+    /// customer can rebuild the profile it leaves.
+    async fn stored_order_customers(
+        &mut self,
+        orders: &[SourceRef],
+    ) -> Result<HashMap<SourceRef, String>, StoreError>;
+
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 
     /// [`StoreTx::upsert_record`] for a whole batch, in order: a source ref that appears twice

@@ -719,6 +719,31 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
+    async fn stored_order_customers(
+        &mut self,
+        orders: &[SourceRef],
+    ) -> Result<HashMap<SourceRef, String>, StoreError> {
+        if orders.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let refs: Vec<_> = orders.iter().map(ref_triple).collect();
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT r.system, r.stream, r.source_id, r.customer_id FROM json_each($1) j \
+             CROSS JOIN records r ON r.system = j.value ->> 0 AND r.stream = j.value ->> 1 \
+                                 AND r.source_id = j.value ->> 2 \
+             WHERE r.entity = 'order' AND r.customer_id IS NOT NULL",
+        )
+        .bind(json_list(&refs, "order refs")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(system, stream, source_id, customer)| {
+                (source_ref((system, stream, source_id)), customer)
+            })
+            .collect())
+    }
+
     async fn set_links(&mut self, links: &[(SourceRef, Uuid)]) -> Result<(), StoreError> {
         if links.is_empty() {
             return Ok(());
@@ -1219,6 +1244,36 @@ mod tests {
             event_type: event_type.to_string(),
             event_body,
         }
+    }
+
+    #[tokio::test]
+    async fn stored_order_customers_names_the_customer_each_stored_order_has_now() {
+        let (_dir, store) = temp_store().await;
+        let mut tx = store.begin().await.unwrap();
+        tx.upsert_records(
+            &[
+                Record::Order(order("sap", "o1", Some("c1"))),
+                Record::Order(order("sap", "o2", None)),
+                Record::Customer(customer("sap", "orders", "o3", &[])),
+            ],
+            1,
+        )
+        .await
+        .unwrap();
+        let found = tx
+            .stored_order_customers(&[
+                source("sap", "orders", "o1"),
+                source("sap", "orders", "o2"),
+                source("sap", "orders", "o3"),
+                source("sap", "orders", "missing"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            found,
+            HashMap::from([(source("sap", "orders", "o1"), "c1".to_string())])
+        );
+        assert!(tx.stored_order_customers(&[]).await.unwrap().is_empty());
     }
 
     #[tokio::test]

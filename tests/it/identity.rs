@@ -152,3 +152,59 @@ async fn ids_survive_merges_keep_the_older_id_and_broken_links_split() {
     );
     assert_ne!(created["subject"], id_a.as_str());
 }
+
+#[tokio::test]
+async fn an_order_moved_to_another_customer_leaves_the_old_profile() {
+    let connector = format!(
+        "{CONNECTOR}\n[[stream]]\nname = \"orders\"\npattern = \"orders*.ndjson\"\nformat = \"ndjson\"\nmapping = \"crm.order\"\n"
+    )
+    .replace("pattern = \"*.csv\"", "pattern = \"contacts*.csv\"");
+    let order_mapping = "entity = \"order\"\n\n[fields]\nsource_id = \"id\"\ncustomer_id = \"customer\"\ncurrency = { value = \"EUR\" }\ntotal = \"total\"\n";
+    let project = project_with(&[
+        ("config/id.toml", CONFIG.as_bytes()),
+        ("connectors/crm.toml", connector.as_bytes()),
+        ("mappings/crm.contact.toml", MAPPING.as_bytes()),
+        ("mappings/crm.order.toml", order_mapping.as_bytes()),
+        (
+            "drops/contacts.csv",
+            b"id,name,email,phone\na,Anna Berg,anna@example.com,\nb,Otto Kranz,otto@example.com,\n",
+        ),
+        (
+            "drops/orders1.ndjson",
+            b"{\"id\":\"o1\",\"customer\":\"a\",\"total\":\"10.00\"}\n",
+        ),
+    ]);
+    let config = load(project.path(), "config/id.toml");
+    let feed_path = project.path().join(".conflux/feed.ndjson");
+    pipeline::run(&config, None).await.unwrap();
+    let order_count_of = |feed: &[serde_json::Value], source: &str| {
+        feed.iter()
+            .rev()
+            .find(|e| e["data"]["sources"][0]["source_id"] == source)
+            .map(|e| e["data"]["metrics"]["order_count"].as_u64().unwrap())
+            .unwrap()
+    };
+    let feed = read_feed(&feed_path);
+    assert_eq!(
+        (order_count_of(&feed, "a"), order_count_of(&feed, "b")),
+        (1, 0)
+    );
+
+    std::fs::write(
+        project.path().join("drops/orders2.ndjson"),
+        "{\"id\":\"o1\",\"customer\":\"b\",\"total\":\"10.00\"}\n",
+    )
+    .unwrap();
+    let moved = pipeline::run(&config, None).await.unwrap();
+    assert_eq!(moved.records_updated, 1);
+    assert_eq!(
+        moved.profiles_updated, 2,
+        "the profile the order left and the one it joined"
+    );
+    let feed = read_feed(&feed_path);
+    assert_eq!(
+        (order_count_of(&feed, "a"), order_count_of(&feed, "b")),
+        (0, 1),
+        "never counted twice"
+    );
+}
