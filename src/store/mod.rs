@@ -87,6 +87,9 @@ pub trait Store: Send + Sync {
     /// Opens a transaction for one batch.
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError>;
 
+    /// The committed incremental cursor of a connector stream, if it has one.
+    async fn cursor(&self, connector: &str, stream: &str) -> Result<Option<String>, StoreError>;
+
     /// Files of a connector stream that are already ingested.
     async fn ingested_files(
         &self,
@@ -124,6 +127,13 @@ pub trait StoreTx: Send {
         connector: &str,
         stream: &str,
         file: &IngestedFile,
+    ) -> Result<(), StoreError>;
+    /// Moves a stream's incremental cursor; it becomes visible with the batch it covers.
+    async fn set_cursor(
+        &mut self,
+        connector: &str,
+        stream: &str,
+        cursor: &str,
     ) -> Result<(), StoreError>;
 
     /// Replaces the strong match keys of a customer record (`email:a@b.c`, `phone:+49...`).

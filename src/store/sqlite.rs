@@ -216,6 +216,16 @@ impl Store for SqliteStore {
         Ok(Box::new(SqliteTx { tx }))
     }
 
+    async fn cursor(&self, connector: &str, stream: &str) -> Result<Option<String>, StoreError> {
+        let cursor =
+            sqlx::query_scalar("SELECT cursor FROM cursors WHERE connector = $1 AND stream = $2")
+                .bind(connector)
+                .bind(stream)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(cursor)
+    }
+
     async fn ingested_files(
         &self,
         connector: &str,
@@ -436,6 +446,26 @@ impl StoreTx for SqliteTx {
         .bind(&entry.source_ref)
         .bind(&entry.raw)
         .bind(&entry.reason)
+        .bind(now())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_cursor(
+        &mut self,
+        connector: &str,
+        stream: &str,
+        cursor: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cursors (connector, stream, cursor, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (connector, stream) DO UPDATE \
+             SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+        )
+        .bind(connector)
+        .bind(stream)
+        .bind(cursor)
         .bind(now())
         .execute(&mut *self.tx)
         .await?;
@@ -1418,7 +1448,12 @@ mod tests {
         first.pool().close().await;
 
         let second = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(count(&second, "_sqlx_migrations").await, 1);
+        assert_eq!(
+            count(&second, "_sqlx_migrations").await,
+            MIGRATOR.migrations.len() as i64,
+            "each migration is recorded once"
+        );
+        assert_eq!(MIGRATOR.migrations.len(), 2);
         assert_eq!(count(&second, "records").await, 1);
         let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(second.pool())
@@ -1574,6 +1609,36 @@ mod tests {
             "error returned from database: (code: 5) database is locked"
         );
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_moves_only_with_its_committed_batch() {
+        let (_dir, store) = temp_store().await;
+        assert_eq!(store.cursor("sap", "partners").await.unwrap(), None);
+        let mut tx = store.begin().await.unwrap();
+        tx.set_cursor(
+            "sap",
+            "partners",
+            "2024-05-01T00:00:00Z'; DROP TABLE records; --",
+        )
+        .await
+        .unwrap();
+        drop(tx);
+        assert_eq!(
+            store.cursor("sap", "partners").await.unwrap(),
+            None,
+            "rolled back"
+        );
+        for cursor in ["2024-05-01T00:00:00Z", "2024-06-01T00:00:00Z"] {
+            let mut tx = store.begin().await.unwrap();
+            tx.set_cursor("sap", "partners", cursor).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        assert_eq!(
+            store.cursor("sap", "partners").await.unwrap().as_deref(),
+            Some("2024-06-01T00:00:00Z")
+        );
+        assert_eq!(store.cursor("sap", "orders").await.unwrap(), None);
     }
 
     #[tokio::test]
