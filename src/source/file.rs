@@ -12,8 +12,9 @@
 //! rejects escaping patterns; matched paths are canonicalised and must stay under the canonical
 //! directory); memory stays bounded by the batch size for CSV, NDJSON and XML, which are parsed
 //! streaming through [`DecodingReader`] (text decoding in chunks) and [`TrackingReader`] (line
-//! numbers and the raw text of broken parts). JSON documents are parsed whole, up to
-//! [`super::json::MAX_JSON_DOCUMENT`] bytes.
+//! numbers and the raw text of broken parts); JSON documents are streamed too, by a parser
+//! thread at most [`super::json::CHANNEL_CAPACITY`] records ahead, each record at most
+//! [`super::json::MAX_JSON_RECORD`] bytes.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
