@@ -177,11 +177,12 @@ pub(crate) fn json_records<R: BufRead + Send + 'static>(
     JsonRecords::spawn(input, records, location, MAX_JSON_RECORD)
 }
 
-type Item = io::Result<RawItem>;
+/// What the parser thread hands over: a record or broken item, or the I/O failure that ended it.
+type Delivery = io::Result<RawItem>;
 
 /// The consuming end of one document's parser thread.
 struct JsonRecords {
-    receiver: Receiver<Item>,
+    receiver: Receiver<Delivery>,
     parser: Option<JoinHandle<()>>,
     /// The thread could not be started; reported by the first `next`.
     failed: Option<io::Error>,
@@ -216,9 +217,9 @@ impl JsonRecords {
 }
 
 impl Iterator for JsonRecords {
-    type Item = Item;
+    type Item = Delivery;
 
-    fn next(&mut self) -> Option<Item> {
+    fn next(&mut self) -> Option<Delivery> {
         if let Some(error) = self.failed.take() {
             return Some(Err(error));
         }
@@ -269,7 +270,7 @@ impl Read for SharedReader {
 /// The parser thread's state while it walks one document.
 struct Context<'a> {
     shared: Rc<RefCell<Shared>>,
-    sender: &'a SyncSender<Item>,
+    sender: &'a SyncSender<Delivery>,
     location: &'a str,
     /// The records path as configured, for messages; empty when there is none.
     path: &'a str,
@@ -287,7 +288,7 @@ fn parse_document<R: BufRead + 'static>(
     records: Option<&str>,
     location: &str,
     limit: u64,
-    sender: &SyncSender<Item>,
+    sender: &SyncSender<Delivery>,
 ) {
     let shared = Rc::new(RefCell::new(Shared {
         input: TrackingReader::new(Box::new(input)),
