@@ -259,3 +259,44 @@ fn runs_lists_recorded_runs_newest_first() {
     );
     assert_eq!(text(&one.stdout).lines().count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_still_going_after_the_grace_is_aborted_and_recorded_so() {
+    let addr = free_port();
+    let project = every_second_project(addr);
+    let config = load(project.path(), "config/demo.toml");
+
+    let grace = Duration::from_millis(200);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon_config = config.clone();
+    let daemon = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        run_daemon(&daemon_config, shutdown, grace).await
+    });
+    // The catch-up run starts at once and reads the bulk export for over a second.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), daemon)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopping.elapsed()
+    );
+
+    let store = pipeline::open_store(&config).await.unwrap();
+    let runs = store.recent_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].status, "aborted");
+    assert_eq!(
+        runs[0].summary.as_deref(),
+        Some("{\"error\":\"aborted at shutdown after the grace period\"}")
+    );
+    assert!(runs[0].finished_at.is_some());
+}
