@@ -1,10 +1,12 @@
-//! The command line: `run`, `validate`, `test`, `preview`, `profiles show`,
-//! `quarantine list`. Each subcommand loads the config through [`crate::config::load`] and
+//! The command line: `run`, `daemon`, `runs`, `validate`, `test`, `preview`,
+//! `profiles show`, `quarantine list`. Each subcommand loads the config through [`crate::config::load`] and
 //! maps its outcome onto the exit codes of [`crate::error`]. Human output goes to stdout,
 //! logs to stderr.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
@@ -13,6 +15,7 @@ use crate::config::{self, Config, Transport};
 use crate::error::{EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};
 use crate::mapper::MapContext;
 use crate::pipeline::{self, PipelineError};
+use crate::schedule;
 use crate::source::RawItem;
 use crate::source::file::{FileFormat, FileStreamSettings, TextEncoding, read_file};
 
@@ -43,6 +46,19 @@ pub enum Command {
         /// The job to run.
         #[arg(long)]
         job: Option<String>,
+    },
+    /// Runs every scheduled job on its schedule and serves /healthz, /readyz and /metrics
+    /// until SIGTERM or SIGINT.
+    Daemon {
+        /// How long runs in flight may take to finish after a stop signal before they are
+        /// aborted (their open batch rolls back).
+        #[arg(long, default_value = "30s", value_parser = parse_grace)]
+        grace: Duration,
+    },
+    /// Lists recent job runs, newest first.
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
     },
     /// Checks the config, every connector and every mapping; reports all errors at once.
     Validate,
@@ -86,6 +102,16 @@ pub enum QuarantineCommand {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+}
+
+/// A duration like `30s`, `2m` or `500ms`.
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    jiff::SignedDuration::from_str(text)
+        .ok()
+        .and_then(|duration| Duration::try_from(duration).ok())
+        .ok_or_else(|| {
+            format!("invalid duration {text:?}; write one like \"30s\", \"2m\" or \"500ms\"")
+        })
 }
 
 /// Parses the arguments, runs the command and returns the process exit code.
@@ -137,6 +163,8 @@ pub async fn execute(cli: Cli) -> u8 {
             EXIT_OK
         }
         Command::Run { job } => run(&config, job.as_deref()).await,
+        Command::Daemon { grace } => daemon(&config, grace).await,
+        Command::Runs { limit } => list_runs(&config, limit).await,
         Command::Test { mappings } => test(&config, &mappings),
         Command::Preview {
             mapping,
@@ -169,6 +197,64 @@ async fn run(config: &Config, job: Option<&str>) -> u8 {
                 "error: {pending} events undelivered to {destination}: {error}; they stay in the outbox and the next run delivers them"
             );
             EXIT_RUNTIME
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+async fn daemon(config: &Config, grace: Duration) -> u8 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut terminate, mut interrupt) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("error: cannot listen for stop signals: {error}");
+            return EXIT_RUNTIME;
+        }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received."),
+            _ = interrupt.recv() => tracing::info!("SIGINT received."),
+        }
+    };
+    match schedule::run_daemon(config, shutdown, grace).await {
+        Ok(()) => EXIT_OK,
+        Err(error) => {
+            eprintln!("error: {error}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+async fn list_runs(config: &Config, limit: i64) -> u8 {
+    let runs = match pipeline::open_store(config).await {
+        Ok(store) => store.recent_runs(limit).await,
+        Err(error) => Err(error),
+    };
+    match runs {
+        Ok(runs) => {
+            for run in &runs {
+                let finished = run
+                    .finished_at
+                    .map_or_else(|| "-".to_string(), |at| at.to_string());
+                println!(
+                    "#{} {} {} .. {} {} {}",
+                    run.id,
+                    run.job,
+                    run.started_at,
+                    finished,
+                    run.status,
+                    run.summary.as_deref().unwrap_or("-")
+                );
+            }
+            println!("{} job runs shown", runs.len());
+            EXIT_OK
         }
         Err(error) => {
             eprintln!("error: {error}");
@@ -400,5 +486,36 @@ async fn list_quarantine(config: &Config, limit: i64) -> u8 {
             eprintln!("error: {error}");
             EXIT_RUNTIME
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_periods_are_friendly_durations() {
+        assert_eq!(parse_grace("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_grace("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_grace("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(
+            parse_grace("soon"),
+            Err("invalid duration \"soon\"; write one like \"30s\", \"2m\" or \"500ms\"".into())
+        );
+        assert!(parse_grace("-5s").is_err());
+    }
+
+    #[test]
+    fn daemon_and_runs_parse_their_options() {
+        let cli = Cli::try_parse_from(["conflux", "daemon", "--grace", "10s"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Daemon { grace } if grace == Duration::from_secs(10))
+        );
+        let cli = Cli::try_parse_from(["conflux", "daemon"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Daemon { grace } if grace == Duration::from_secs(30))
+        );
+        let cli = Cli::try_parse_from(["conflux", "runs", "--limit", "3"]).unwrap();
+        assert!(matches!(cli.command, Command::Runs { limit: 3 }));
     }
 }

@@ -596,7 +596,7 @@ mod tests {
             [
                 "c.toml:3:2: unknown field `feeed`, expected one of `instance`, `root`, \
                  `connectors_dir`, `mappings_dir`, `store`, `feed`, `identity`, `profile`, \
-                 `job`; did you mean `feed`?",
+                 `job`, `ops`; did you mean `feed`?",
                 "c.toml:1:1: missing field `feed`",
             ]
         );

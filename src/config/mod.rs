@@ -20,6 +20,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,11 +49,19 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub profile: ProfileConfig,
     pub jobs: Vec<JobConfig>,
+    /// `[ops] listen`: where the daemon serves its operations endpoints; `None` means
+    /// [`DEFAULT_OPS_LISTEN`].
+    pub ops_listen: Option<SocketAddr>,
     /// Every connector file found, by id, whether or not a job uses it.
     pub connectors: BTreeMap<String, ConnectorConfig>,
     /// Every mapping file found, compiled, by id.
     pub mappings: BTreeMap<String, Arc<Mapping>>,
 }
+
+/// Where the daemon serves `/healthz`, `/readyz` and `/metrics` unless `[ops] listen` says
+/// otherwise: loopback only, so the endpoints are not exposed by accident.
+pub const DEFAULT_OPS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 
 impl Config {
     /// The job called `name`.
@@ -743,6 +752,33 @@ batch_size = 50
                  \"windows-1252\"",
                 "connectors/shop.toml:13:8: duplicate stream name \"customers\" (first used on \
                  line 5)",
+            ]
+        );
+    }
+
+    #[test]
+    fn ops_listen_is_a_socket_address() {
+        let tree = Tree::new();
+        assert_eq!(tree.load(&[]).unwrap().ops_listen, None);
+
+        tree.write(
+            "config/test.toml",
+            &format!("{CONFIG}\n[ops]\nlisten = \"0.0.0.0:9100\"\n"),
+        );
+        assert_eq!(
+            tree.load(&[]).unwrap().ops_listen,
+            Some("0.0.0.0:9100".parse().unwrap())
+        );
+
+        tree.write(
+            "config/test.toml",
+            &format!("{CONFIG}\n[ops]\nlisten = \"localhost\"\n"),
+        );
+        assert_eq!(
+            tree.errors(&[]),
+            [
+                "config/test.toml:13:10: ops.listen \"localhost\" is not a socket address; write \
+              an IP address and a port, like \"127.0.0.1:9464\" or \"[::1]:9464\""
             ]
         );
     }

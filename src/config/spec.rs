@@ -33,6 +33,17 @@ pub struct ConfigSpec {
     pub profile: ProfileSpec,
     #[serde(default, rename = "job")]
     pub jobs: Vec<JobSpec>,
+    /// The daemon's operations endpoints (`/healthz`, `/readyz`, `/metrics`).
+    #[serde(default)]
+    pub ops: OpsSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsSpec {
+    /// The socket address the daemon serves its operations endpoints on, e.g.
+    /// `127.0.0.1:9464` (the default).
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,6 +8,7 @@
 //! value, strictly in the config file and in connectors a job uses, leniently elsewhere.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -22,7 +23,7 @@ use super::diagnostic::{Diagnostic, SourceFile, did_you_mean, suggestion};
 use super::env::{Env, expand};
 use super::spec::{
     AmqpSpec, ConfigSpec, FeedSpec, FileConnectorSpec, FileStreamSpec, IdentitySpec, JobSpec,
-    ProfileSpec, StoreSpec,
+    OpsSpec, ProfileSpec, StoreSpec,
 };
 use super::{
     Config, ConnectorConfig, FeedConfig, FileConnector, FileStream, IdentityConfig, JobConfig,
@@ -157,6 +158,7 @@ pub(crate) fn validate(
             ..parts.profile?
         },
         jobs: jobs?,
+        ops_listen: parts.ops_listen?,
         connectors,
         mappings,
     })
@@ -284,6 +286,8 @@ struct ConfigParts {
     feed: Option<FeedConfig>,
     identity: Option<IdentityConfig>,
     profile: Option<ProfileConfig>,
+    /// `Some(None)` when `[ops] listen` is not set; `None` when it is invalid.
+    ops_listen: Option<Option<SocketAddr>>,
 }
 
 fn check_config(spec: &ConfigSpec, id: &str, root: &Path, checker: &mut Checker) -> ConfigParts {
@@ -297,6 +301,7 @@ fn check_config(spec: &ConfigSpec, id: &str, root: &Path, checker: &mut Checker)
         feed: check_feed(&spec.feed, root, checker),
         identity: check_identity(&spec.identity, checker),
         profile: check_profile(&spec.profile, checker),
+        ops_listen: check_ops(&spec.ops, checker),
     }
 }
 
@@ -408,6 +413,26 @@ fn check_amqp(spec: &AmqpSpec, checker: &mut Checker) -> Option<SinkConfig> {
         url: url.value,
         exchange,
     })
+}
+
+fn check_ops(spec: &OpsSpec, checker: &mut Checker) -> Option<Option<SocketAddr>> {
+    let Some(listen) = checker.optional_text(spec.listen.as_ref())? else {
+        return Some(None);
+    };
+    match listen.value.parse::<SocketAddr>() {
+        Ok(addr) => Some(Some(addr)),
+        Err(_) => {
+            checker.error(
+                listen.span.start,
+                format!(
+                    "ops.listen {} is not a socket address; write an IP address and a port, \
+                     like \"127.0.0.1:9464\" or \"[::1]:9464\"",
+                    listen.shown()
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// A positive duration written like `30s`, `5m`, `1h` or `500ms` (jiff's friendly format;

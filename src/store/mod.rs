@@ -16,6 +16,7 @@ pub mod sqlite;
 use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
+use jiff::Timestamp;
 use uuid::Uuid;
 
 use crate::model::profile::CustomerProfile;
@@ -82,6 +83,21 @@ pub struct QuarantineRow {
     pub reason: String,
 }
 
+/// One recorded job run, as listed to operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRun {
+    pub id: i64,
+    /// The job name, or `*` for a run of everything.
+    pub job: String,
+    pub started_at: Timestamp,
+    /// `None` while the run is in progress (or when it was aborted).
+    pub finished_at: Option<Timestamp>,
+    /// `running`, `ok`, `undelivered` or `failed`.
+    pub status: String,
+    /// The run's summary (JSON), once finished.
+    pub summary: Option<String>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Opens a transaction for one batch.
@@ -101,6 +117,10 @@ pub trait Store: Send + Sync {
     async fn start_run(&self, job: &str) -> Result<i64, StoreError>;
     /// Records the end of a job run with its outcome and summary (JSON).
     async fn finish_run(&self, run_id: i64, status: &str, summary: &str) -> Result<(), StoreError>;
+    /// When the latest recorded run of `job` started, whatever its outcome.
+    async fn last_run_started(&self, job: &str) -> Result<Option<Timestamp>, StoreError>;
+    /// Up to `limit` job runs, newest first.
+    async fn recent_runs(&self, limit: i64) -> Result<Vec<JobRun>, StoreError>;
 
     /// Up to `limit` undelivered events in delivery order.
     async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError>;

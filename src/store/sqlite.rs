@@ -28,7 +28,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use super::{ProfileWrite, QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert};
+use super::{
+    JobRun, ProfileWrite, QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert,
+};
 use crate::model::profile::CustomerProfile;
 use crate::model::{Customer, Order, Record, SourceRef};
 use crate::sink::OutboxEvent;
@@ -94,6 +96,12 @@ impl std::fmt::Debug for SqliteTx {
 
 fn now() -> String {
     Timestamp::now().to_string()
+}
+
+fn parse_time(text: &str, context: &str) -> Result<Timestamp, StoreError> {
+    Timestamp::from_str(text).map_err(|error| {
+        StoreError::Corrupt(format!("{context}: {text:?} is not a timestamp: {error}"))
+    })
 }
 
 fn parse_uuid(text: &str, context: &str) -> Result<Uuid, StoreError> {
@@ -279,6 +287,43 @@ impl Store for SqliteStore {
             )));
         }
         Ok(())
+    }
+
+    async fn last_run_started(&self, job: &str) -> Result<Option<Timestamp>, StoreError> {
+        let started: Option<String> = sqlx::query_scalar(
+            "SELECT started_at FROM job_runs WHERE job = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await?;
+        started
+            .map(|text| parse_time(&text, "job_runs.started_at"))
+            .transpose()
+    }
+
+    async fn recent_runs(&self, limit: i64) -> Result<Vec<JobRun>, StoreError> {
+        let rows: Vec<(i64, String, String, Option<String>, String, Option<String>)> =
+            sqlx::query_as(
+                "SELECT id, job, started_at, finished_at, status, summary FROM job_runs \
+                 ORDER BY id DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(id, job, started_at, finished_at, status, summary)| {
+                Ok(JobRun {
+                    id,
+                    job,
+                    started_at: parse_time(&started_at, "job_runs.started_at")?,
+                    finished_at: finished_at
+                        .map(|text| parse_time(&text, "job_runs.finished_at"))
+                        .transpose()?,
+                    status,
+                    summary,
+                })
+            })
+            .collect()
     }
 
     async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
@@ -2128,6 +2173,83 @@ mod tests {
             error.to_string(),
             "store: cannot finish job run 99: no such run"
         );
+    }
+
+    #[tokio::test]
+    async fn last_run_started_is_the_latest_run_of_the_job() {
+        let (_dir, store) = temp_store().await;
+        assert_eq!(store.last_run_started("nightly").await.unwrap(), None);
+        let before = Timestamp::now();
+        let first = store.start_run("nightly").await.unwrap();
+        store.start_run("hourly").await.unwrap();
+        store.finish_run(first, "failed", "{}").await.unwrap();
+        let second = store.start_run("nightly").await.unwrap();
+
+        let started = store.last_run_started("nightly").await.unwrap().unwrap();
+        let recorded: String = sqlx::query_scalar("SELECT started_at FROM job_runs WHERE id = $1")
+            .bind(second)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(started, recorded.parse::<Timestamp>().unwrap());
+        assert!(started >= before);
+        assert_eq!(store.last_run_started("weekly").await.unwrap(), None);
+
+        sqlx::query("UPDATE job_runs SET started_at = 'yesterday' WHERE id = $1")
+            .bind(second)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let error = store.last_run_started("nightly").await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("store: job_runs.started_at: \"yesterday\" is not a timestamp: "),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn recent_runs_are_listed_newest_first() {
+        let (_dir, store) = temp_store().await;
+        let first = store.start_run("nightly").await.unwrap();
+        store
+            .finish_run(first, "ok", "{\"records_read\":3}")
+            .await
+            .unwrap();
+        let second = store.start_run("hourly").await.unwrap();
+        store.start_run("*").await.unwrap();
+
+        let runs = store.recent_runs(2).await.unwrap();
+        let listed: Vec<(i64, &str, &str, Option<&str>, bool)> = runs
+            .iter()
+            .map(|run| {
+                (
+                    run.id,
+                    run.job.as_str(),
+                    run.status.as_str(),
+                    run.summary.as_deref(),
+                    run.finished_at.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (3, "*", "running", None, false),
+                (second, "hourly", "running", None, false)
+            ]
+        );
+
+        let all = store.recent_runs(10).await.unwrap();
+        assert_eq!(all.len(), 3);
+        let oldest = &all[2];
+        assert_eq!(
+            (oldest.id, oldest.status.as_str(), oldest.summary.as_deref()),
+            (first, "ok", Some("{\"records_read\":3}"))
+        );
+        let finished = oldest.finished_at.unwrap();
+        assert!(oldest.started_at <= finished);
     }
 
     /// Every row of `records` except `updated_at` (a clock reading), in key order.

@@ -5,6 +5,7 @@ mod common;
 mod amqp; // the feed on the real RabbitMQ: delivery, routing, outage and catch-up
 mod bad_input; // broken CSV rows, truncated XML, wrong types: quarantined, the rest flows
 mod cli; // validate / test / preview / profiles through the real binary
+mod daemon; // scheduled runs, ops endpoints, shutdown by signal, `conflux runs`
 mod demo; // the bundled demo end to end on SQLite + NDJSON, and idempotent re-runs
 mod identity; // stable ids across runs, merges into the older id, splits
 mod samples; // real public ERP payloads through the shipped mappings
