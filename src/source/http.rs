@@ -8,7 +8,8 @@
 //! than the stored one), every other page [`Checkpoint::None`], so a crash mid-stream re-reads
 //! from the old cursor. Placeholders `{cursor}`, `{offset}`, `{limit}` and `{page}` are filled
 //! in query values and in every string of the body template; values always go through
-//! reqwest's encoders, never spliced into the URL by hand.
+//! reqwest's encoders, never spliced into the URL by hand. A paging or filter parameter with an
+//! empty name is not sent: JSON-RPC APIs take those values in the body template instead.
 //!
 //! Requests are paced to [`HttpStreamSettings::requests_per_second`] and retried with jittered
 //! exponential backoff on connect errors, timeouts, 5xx and 429 (waiting at least as long as
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use reqwest::header::{HeaderMap, LINK, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LINK, RETRY_AFTER};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
 use serde_json::Value;
 
@@ -170,6 +171,13 @@ struct CachedToken {
     valid_until: Option<Instant>,
 }
 
+/// What one page request sends besides the configured headers and credentials.
+struct PageRequest {
+    url: Url,
+    query: Vec<(String, String)>,
+    body: Option<Value>,
+}
+
 /// A response that arrived with a success status, its body read completely.
 struct Fetched {
     url: Url,
@@ -256,13 +264,24 @@ impl HttpSource {
 
     async fn fetch_page_once(&mut self, position: &Position) -> Result<Fetched, SourceError> {
         let bearer = self.oauth_token().await?;
-        let (url, query, body) = self.request_parts(position)?;
+        let PageRequest { url, query, body } = self.page_request(position);
         let method = match self.settings.method {
             HttpMethod::Get => reqwest::Method::GET,
             HttpMethod::Post => reqwest::Method::POST,
         };
         let auth = self.settings.auth.clone();
-        let headers = self.settings.headers.clone();
+        let mut headers = self.settings.headers.clone();
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("accept"))
+        {
+            // SAP OData answers in Atom XML unless asked for JSON.
+            let accept = match self.settings.format {
+                BodyFormat::Json => "application/json",
+                BodyFormat::Xml => "application/xml, text/xml",
+            };
+            headers.push(("Accept".to_string(), accept.to_string()));
+        }
         let build = move |client: &Client| {
             let mut request = client.request(method.clone(), url.clone()).query(&query);
             for (name, value) in &headers {
@@ -277,7 +296,7 @@ impl HttpSource {
                     value,
                     location: ApiKeyLocation::Header,
                 } => request.header(name, value),
-                // Added to `query` by `request_parts`, where duplicates in next links are seen.
+                // Added to `query` by `page_request`, where duplicates in next links are seen.
                 Auth::ApiKey {
                     location: ApiKeyLocation::Query,
                     ..
@@ -294,12 +313,8 @@ impl HttpSource {
         self.execute(build).await
     }
 
-    /// The URL, extra query pairs and body of the request for `position`.
-    #[allow(clippy::type_complexity)]
-    fn request_parts(
-        &self,
-        position: &Position,
-    ) -> Result<(Url, Vec<(String, String)>, Option<Value>), SourceError> {
+    /// The URL, query pairs and body of the request for `position`.
+    fn page_request(&self, position: &Position) -> PageRequest {
         let settings = &self.settings;
         let (page, offset, token) = match position {
             Position::Templated {
@@ -355,6 +370,7 @@ impl HttpSource {
                     }
                     Paging::None | Paging::NextLink { .. } | Paging::LinkHeader => {}
                 }
+                query.retain(|(name, _)| !name.is_empty());
                 self.url.clone()
             }
         };
@@ -368,7 +384,7 @@ impl HttpSource {
             query.push((name.clone(), value.clone()));
         }
         let body = settings.body.as_ref().map(|body| vars.fill_json(body));
-        Ok((url, query, body))
+        PageRequest { url, query, body }
     }
 
     /// The OAuth2 bearer token, from the cache or the token endpoint; `None` for other auth.
@@ -467,7 +483,10 @@ impl HttpSource {
         build: &impl Fn(&Client) -> RequestBuilder,
     ) -> Result<Fetched, Failure> {
         let request = build(&self.client).build().map_err(|error| {
-            Failure::Fatal(SourceError::Config(format!("invalid request: {error}")))
+            Failure::Fatal(SourceError::Config(format!(
+                "invalid request: {}",
+                describe_transport(&error)
+            )))
         })?;
         let url = request.url().clone();
         let shown = self.display_url(&url);
@@ -599,57 +618,58 @@ impl HttpSource {
         shown.to_string()
     }
 
-    /// The items of one page body.
-    fn parse_page(&self, fetched: &Fetched, label: &str) -> Result<Vec<RawItem>, SourceError> {
+    /// The items of one page: XML records, or the JSON records taken out of `document`.
+    fn page_items(
+        &self,
+        fetched: &Fetched,
+        document: Option<&mut Value>,
+        label: &str,
+    ) -> Result<Vec<RawItem>, SourceError> {
         let shown = || self.display_url(&fetched.url);
-        match self.settings.format {
-            BodyFormat::Xml => {
-                let path = self.settings.records.as_deref().unwrap_or_default();
-                parse_xml_records(Cursor::new(fetched.body.as_slice()), path, label)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|error| SourceError::Http {
-                        url: shown(),
-                        status: Some(200),
-                        message: format!("reading the XML body failed: {error}"),
-                    })
+        let Some(document) = document else {
+            let path = self.settings.records.as_deref().unwrap_or_default();
+            return parse_xml_records(Cursor::new(fetched.body.as_slice()), path, label)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| SourceError::Http {
+                    url: shown(),
+                    status: Some(200),
+                    message: format!("reading the XML body failed: {error}"),
+                });
+        };
+        let records = match self.settings.records.as_deref() {
+            None => Some(document),
+            Some(path) => lookup_mut(document, path),
+        };
+        let elements = match records {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            // Taken, not cloned: a page can be tens of megabytes.
+            Some(Value::Array(elements)) => std::mem::take(elements),
+            Some(other) => {
+                return Err(SourceError::Http {
+                    url: shown(),
+                    status: Some(200),
+                    message: format!(
+                        "expected an array of records at {:?}, found {}",
+                        self.settings.records.as_deref().unwrap_or(""),
+                        kind(other)
+                    ),
+                });
             }
-            BodyFormat::Json => {
-                let document = self.json_body(fetched)?;
-                let records = match self.settings.records.as_deref() {
-                    None => Some(&document),
-                    Some(path) => lookup(&document, path),
-                };
-                let elements = match records {
-                    None | Some(Value::Null) => return Ok(Vec::new()),
-                    Some(Value::Array(elements)) => elements,
-                    Some(other) => {
-                        return Err(SourceError::Http {
-                            url: shown(),
-                            status: Some(200),
-                            message: format!(
-                                "expected an array of records at {:?}, found {}",
-                                self.settings.records.as_deref().unwrap_or(""),
-                                kind(other)
-                            ),
-                        });
-                    }
-                };
-                Ok(elements
-                    .iter()
-                    .enumerate()
-                    .map(|(index, value)| {
-                        RawItem::Record(RawRecord {
-                            value: value.clone(),
-                            origin: Origin {
-                                location: label.to_string(),
-                                line: None,
-                                index: index as u64,
-                            },
-                        })
-                    })
-                    .collect())
-            }
-        }
+        };
+        Ok(elements
+            .into_iter()
+            .enumerate()
+            .map(|(index, value)| {
+                RawItem::Record(RawRecord {
+                    value,
+                    origin: Origin {
+                        location: label.to_string(),
+                        line: None,
+                        index: index as u64,
+                    },
+                })
+            })
+            .collect())
     }
 
     /// The JSON body, or the application error it reports at the error path.
@@ -679,11 +699,13 @@ impl HttpSource {
         Ok(document)
     }
 
-    /// Where the page after `fetched` is, or `None` when `fetched` ends the stream.
+    /// Where the page after `fetched` is, or `None` when `fetched` ends the stream. `document`
+    /// is the parsed JSON body, its records already taken out.
     fn next_position(
         &self,
         position: &Position,
         fetched: &Fetched,
+        document: Option<&Value>,
         items: usize,
     ) -> Result<Option<Position>, SourceError> {
         let (page, offset, token) = match position {
@@ -705,8 +727,7 @@ impl HttpSource {
             Paging::PageNumber { .. } => (items > 0).then_some(advanced),
             Paging::OffsetLimit { limit, .. } => ((items as u64) >= *limit).then_some(advanced),
             Paging::Cursor { next, .. } => {
-                let document = self.json_body(fetched)?;
-                let next_token = match lookup(&document, next) {
+                let next_token = match document.and_then(|document| lookup(document, next)) {
                     Some(Value::String(text)) if !text.is_empty() => Some(text.clone()),
                     Some(Value::Number(number)) => Some(number.to_string()),
                     _ => None,
@@ -731,8 +752,7 @@ impl HttpSource {
                 }
             }
             Paging::NextLink { next } => {
-                let document = self.json_body(fetched)?;
-                match lookup(&document, next) {
+                match document.and_then(|document| lookup(document, next)) {
                     Some(Value::String(link)) if !link.is_empty() => {
                         Some(Position::Link(self.follow(&fetched.url, link)?))
                     }
@@ -805,9 +825,13 @@ impl Source for HttpSource {
         self.pages += 1;
         let label = format!("{} page {}", self.location, self.pages);
         let fetched = self.fetch_page(&position).await?;
-        let items = self.parse_page(&fetched, &label)?;
+        let mut document = match self.settings.format {
+            BodyFormat::Json => Some(self.json_body(&fetched)?),
+            BodyFormat::Xml => None,
+        };
+        let items = self.page_items(&fetched, document.as_mut(), &label)?;
         self.track_cursor(&items);
-        self.next = self.next_position(&position, &fetched, items.len())?;
+        self.next = self.next_position(&position, &fetched, document.as_ref(), items.len())?;
         let checkpoint = match (&self.next, &self.settings.incremental, &self.max_cursor) {
             (None, Some(_), Some(cursor)) => Checkpoint::Cursor(cursor.clone()),
             _ => Checkpoint::None,
@@ -944,6 +968,32 @@ fn check_settings(settings: &HttpStreamSettings) -> Result<(), SourceError> {
     if let Auth::OAuth2ClientCredentials { token_url, .. } = &settings.auth {
         endpoint_url(token_url, "")?;
     }
+    let api_key_header = match &settings.auth {
+        Auth::ApiKey {
+            name,
+            value,
+            location: ApiKeyLocation::Header,
+        } => Some((name, value)),
+        _ => None,
+    };
+    for (name, value) in settings
+        .headers
+        .iter()
+        .map(|(n, v)| (n, v))
+        .chain(api_key_header)
+    {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(SourceError::Config(format!(
+                "{name:?} is not a valid header name"
+            )));
+        }
+        if HeaderValue::from_str(value).is_err() {
+            // The value may be a secret, so only the header is named.
+            return Err(SourceError::Config(format!(
+                "the value of header {name:?} is not a valid header value"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -961,6 +1011,25 @@ fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
             .get(&path[..dot])
             .and_then(|inner| lookup(inner, &path[dot + 1..]))
     })
+}
+
+/// [`lookup`] for changing the value found.
+fn lookup_mut<'a>(value: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    let Value::Object(members) = value else {
+        return None;
+    };
+    if members.contains_key(path) {
+        return members.get_mut(path);
+    }
+    // Found read-only first: the borrow checker cannot return from inside a mutable search.
+    let dot = path.match_indices('.').map(|(dot, _)| dot).find(|dot| {
+        members
+            .get(&path[..*dot])
+            .is_some_and(|inner| lookup(inner, &path[dot + 1..]).is_some())
+    })?;
+    members
+        .get_mut(&path[..dot])
+        .and_then(|inner| lookup_mut(inner, &path[dot + 1..]))
 }
 
 /// A record's cursor: its cursor fields' values concatenated, or `None` when one is missing.
@@ -1891,13 +1960,13 @@ mod tests {
         settings.records = Some("result".to_string());
         settings.error_path = Some("error".to_string());
         settings.paging = Paging::OffsetLimit {
-            offset_param: "offset".to_string(),
-            limit_param: "limit".to_string(),
+            offset_param: String::new(),
+            limit_param: String::new(),
             limit: 2,
         };
         settings.incremental = Some(Incremental {
             fields: vec!["write_date".to_string()],
-            param: "filter".to_string(),
+            param: String::new(),
             template: "{cursor}".to_string(),
             initial: Some("2024-01-01 00:00:00".to_string()),
         });
@@ -1908,8 +1977,8 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "{}/web/dataset/call_kw?filter=2024-01-01+00%3A00%3A00&offset=2&limit=2: \
-                 HTTP 200: the response reports an error: Odoo Server Error: Access denied",
+                "{}/web/dataset/call_kw: HTTP 200: the response reports an error: \
+                 Odoo Server Error: Access denied",
                 server.uri()
             )
         );
@@ -1964,6 +2033,104 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn requests_are_paced_to_the_rate_limit() {
+        let server = MockServer::start().await;
+        Mock::given(path("/items"))
+            .and(header("accept", "application/json"))
+            .respond_with(json_page(json!([{"id": 1}])))
+            .expect(3)
+            .mount(&server)
+            .await;
+        let mut settings = settings(&server, "/items");
+        settings.requests_per_second = Some(10.0);
+        settings.paging = Paging::PageNumber {
+            param: "page".to_string(),
+            start: 1,
+            size_param: None,
+            size: 1,
+        };
+        let mut source = HttpSource::new(settings, None, "erp/items").unwrap();
+        let started = Instant::now();
+        for _ in 0..3 {
+            source.next_batch().await.unwrap().unwrap();
+        }
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn connection_failures_are_retried_then_reported() {
+        // A port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut settings = HttpStreamSettings {
+            base_url: format!("http://127.0.0.1:{port}"),
+            ..settings(&MockServer::start().await, "/items")
+        };
+        settings.retry_max_elapsed = Duration::from_millis(30);
+        let error = run(settings, None).await.unwrap_err();
+        let SourceError::Http {
+            url,
+            status,
+            message,
+        } = error
+        else {
+            panic!("unexpected error {error:?}");
+        };
+        assert_eq!(url, format!("http://127.0.0.1:{port}/items"));
+        assert_eq!(status, None);
+        assert!(
+            message.starts_with("retry budget of 30ms spent; last failure: cannot connect"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bodies_that_are_not_json_or_not_arrays_are_errors() {
+        let server = MockServer::start().await;
+        Mock::given(path("/broken"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("<html>login</html>"))
+            .mount(&server)
+            .await;
+        Mock::given(path("/object"))
+            .respond_with(json_page(json!({"d": {"results": {"id": 1}}})))
+            .mount(&server)
+            .await;
+        let error = run(settings(&server, "/broken"), None).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}/broken: HTTP 200: the response is not valid JSON \
+                 (expected value at line 1 column 1): <html>login</html>",
+                server.uri()
+            )
+        );
+        let mut object = settings(&server, "/object");
+        object.records = Some("d.results".to_string());
+        let error = run(object, None).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}/object: HTTP 200: expected an array of records at \"d.results\", \
+                 found an object",
+                server.uri()
+            )
+        );
+    }
+
+    #[test]
+    fn dotted_paths_match_keys_that_contain_dots() {
+        let mut document = json!({"@odata.nextLink": "n", "d": {"results": [1], "x.y": {"z": 2}}});
+        assert_eq!(lookup(&document, "@odata.nextLink"), Some(&json!("n")));
+        assert_eq!(lookup(&document, "d.x.y.z"), Some(&json!(2)));
+        assert_eq!(lookup(&document, "d.missing"), None);
+        *lookup_mut(&mut document, "d.x.y.z").unwrap() = json!(3);
+        assert_eq!(document["d"]["x.y"]["z"], json!(3));
+    }
+
     #[test]
     fn placeholders_are_filled_in_one_pass() {
         let vars = Vars {
@@ -2013,6 +2180,17 @@ mod tests {
         assert_eq!(
             error(server_settings("https://host")),
             "an XML stream needs a records path"
+        );
+        let mut bad_header = server_settings("https://host");
+        bad_header.records = Some("a/b".to_string());
+        bad_header.auth = Auth::ApiKey {
+            name: "X-Key".to_string(),
+            value: "line\nbreak".to_string(),
+            location: ApiKeyLocation::Header,
+        };
+        assert_eq!(
+            error(bad_header),
+            "the value of header \"X-Key\" is not a valid header value"
         );
     }
 }
