@@ -248,22 +248,28 @@ impl HttpSource {
         })
     }
 
-    /// The page at `position`, requested with a fresh OAuth2 token once if the API answers 401.
+    /// The page at `position`, requested once more with a fresh OAuth2 token if the API
+    /// answers 401 to the cached one.
     async fn fetch_page(&mut self, position: &Position) -> Result<Fetched, SourceError> {
-        let oauth = matches!(self.settings.auth, Auth::OAuth2ClientCredentials { .. });
-        match self.fetch_page_once(position).await {
+        let bearer = self.oauth_token().await?;
+        let fetched = self.fetch_page_with(position, bearer.clone()).await;
+        match fetched {
             Err(SourceError::Http {
                 status: Some(401), ..
-            }) if oauth => {
+            }) if bearer.is_some() => {
                 self.token = None;
-                self.fetch_page_once(position).await
+                let bearer = self.oauth_token().await?;
+                self.fetch_page_with(position, bearer).await
             }
             other => other,
         }
     }
 
-    async fn fetch_page_once(&mut self, position: &Position) -> Result<Fetched, SourceError> {
-        let bearer = self.oauth_token().await?;
+    async fn fetch_page_with(
+        &mut self,
+        position: &Position,
+        bearer: Option<String>,
+    ) -> Result<Fetched, SourceError> {
         let PageRequest { url, query, body } = self.page_request(position);
         let method = match self.settings.method {
             HttpMethod::Get => reqwest::Method::GET,
@@ -1688,6 +1694,72 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!("{}/items: HTTP 401: no access", server.uri())
+        );
+    }
+
+    #[tokio::test]
+    async fn oauth2_a_token_about_to_expire_is_not_reused() {
+        let server = MockServer::start().await;
+        // 30 s of lifetime is all margin: every request needs a new token.
+        Mock::given(path("/oauth/token"))
+            .respond_with(json_page(
+                json!({"access_token": "short", "expires_in": 30}),
+            ))
+            .expect(2)
+            .mount(&server)
+            .await;
+        Mock::given(path("/items"))
+            .and(bearer_token("short"))
+            .and(query_param("page", "1"))
+            .respond_with(json_page(json!([{"id": 1}])))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/items"))
+            .and(bearer_token("short"))
+            .and(query_param("page", "2"))
+            .respond_with(json_page(json!([])))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let mut settings = settings(&server, "/items");
+        settings.auth = oauth(&server);
+        settings.paging = Paging::PageNumber {
+            param: "page".to_string(),
+            start: 1,
+            size_param: None,
+            size: 1,
+        };
+        assert_eq!(
+            ids(&run(settings, None).await.unwrap()),
+            vec![vec![json!(1)]]
+        );
+    }
+
+    #[tokio::test]
+    async fn oauth2_rejected_credentials_fail_without_calling_the_api() {
+        let server = MockServer::start().await;
+        Mock::given(path("/oauth/token"))
+            .respond_with(
+                ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/items"))
+            .respond_with(json_page(json!([])))
+            .expect(0)
+            .mount(&server)
+            .await;
+        let mut settings = settings(&server, "/items");
+        settings.auth = oauth(&server);
+        let error = run(settings, None).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}/oauth/token: HTTP 401: {{\"error\":\"invalid_client\"}}",
+                server.uri()
+            )
         );
     }
 
