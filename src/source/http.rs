@@ -42,6 +42,7 @@ const EXCERPT_CHARS: usize = 500;
 /// never leaves with a token that dies in flight.
 const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 const MASK: &str = "***";
+const MAX_REDIRECTS: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpMethod {
@@ -222,6 +223,7 @@ impl HttpSource {
         check_settings(&settings)?;
         let client = Client::builder()
             .timeout(settings.timeout)
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|error| {
                 SourceError::Config(format!("cannot build the HTTP client: {error}"))
@@ -479,7 +481,11 @@ impl HttpSource {
             if started.elapsed() + delay > budget {
                 return Err(exhausted(error, budget));
             }
-            tracing::warn!(error = %error, delay_ms = delay.as_millis() as u64, "request failed; retrying");
+            tracing::warn!(
+                error = %error,
+                delay_ms = delay.as_millis() as u64,
+                "request failed; retrying"
+            );
             tokio::time::sleep(delay).await;
         }
     }
@@ -928,6 +934,25 @@ impl Vars {
     }
 }
 
+/// Follows redirects only within the origin the request went to: an API-key header would
+/// otherwise travel to whatever host a redirect names.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let leaves = attempt
+            .previous()
+            .last()
+            .is_some_and(|previous| previous.origin() != attempt.url().origin());
+        if leaves {
+            let target = attempt.url().origin().ascii_serialization();
+            attempt.error(format!("a redirect to {target} is not followed"))
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 fn endpoint_url(base_url: &str, path: &str) -> Result<Url, SourceError> {
     let joined = if path.is_empty() {
         base_url.to_string()
@@ -1164,6 +1189,8 @@ fn excerpt(body: &[u8]) -> String {
 fn describe_transport(error: &reqwest::Error) -> String {
     let what = if error.is_timeout() {
         "the request timed out"
+    } else if error.is_redirect() {
+        "redirect refused"
     } else if error.is_connect() {
         "cannot connect"
     } else {
@@ -1453,6 +1480,59 @@ mod tests {
                  outside {}; it is not followed",
                 server.uri(),
                 server.uri()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn redirects_stay_on_their_origin() {
+        let server = MockServer::start().await;
+        let elsewhere = MockServer::start().await;
+        Mock::given(path("/old"))
+            .respond_with(
+                ResponseTemplate::new(301)
+                    .insert_header("Location", format!("{}/items", server.uri())),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/items"))
+            .respond_with(json_page(json!([{"id": 1}])))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/away"))
+            .respond_with(
+                ResponseTemplate::new(302)
+                    .insert_header("Location", format!("{}/items", elsewhere.uri())),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/items"))
+            .respond_with(json_page(json!([])))
+            .expect(0)
+            .mount(&elsewhere)
+            .await;
+        let mut followed = settings(&server, "/old");
+        followed.auth = Auth::ApiKey {
+            name: "X-Api-Key".to_string(),
+            value: "k3y".to_string(),
+            location: ApiKeyLocation::Header,
+        };
+        let mut refused = followed.clone();
+        refused.path = "/away".to_string();
+        assert_eq!(
+            ids(&run(followed, None).await.unwrap()),
+            vec![vec![json!(1)]]
+        );
+        let error = run(refused, None).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}/away: redirect refused: a redirect to {} is not followed",
+                server.uri(),
+                elsewhere.uri()
             )
         );
     }
