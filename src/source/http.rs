@@ -17,10 +17,16 @@
 //! at once. An [`Auth::OAuth2ClientCredentials`] token is cached until shortly before it expires
 //! and refreshed once when the API answers 401.
 //!
-//! Invariants: credentials are sent only to the origin of the configured base URL (a next link
-//! elsewhere is an error) and never appear in errors (URLs are shown without user info and with
+//! Next links are requested as given: they carry their own query, so the static parameters and
+//! the filter are not added again (an API key in the query is, when the link lacks it). A JSON
+//! records path missing from a body means the page has no records. XML records keep the line
+//! numbers of the response body in their origins.
+//!
+//! Invariants: credentials are sent only to the origin of the configured base URL and of the
+//! token URL (a next link elsewhere is an error; redirects are followed only within the origin
+//! of the request) and never appear in errors (URLs are shown without user info and with
 //! API-key query values masked); no response body is buffered beyond
-//! [`HttpStreamSettings::max_response_bytes`].
+//! [`HttpStreamSettings::max_response_bytes`], counted after decompression.
 
 use std::io::Cursor;
 use std::time::{Duration, Instant};
@@ -182,6 +188,7 @@ struct PageRequest {
 /// A response that arrived with a success status, its body read completely.
 struct Fetched {
     url: Url,
+    status: u16,
     headers: HeaderMap,
     body: Vec<u8>,
 }
@@ -430,13 +437,13 @@ impl HttpSource {
         let reply: Value =
             serde_json::from_slice(&fetched.body).map_err(|error| SourceError::Http {
                 url: shown.clone(),
-                status: Some(200),
+                status: Some(fetched.status),
                 message: format!("the token response is not JSON: {error}"),
             })?;
         let Some(value) = reply.get("access_token").and_then(Value::as_str) else {
             return Err(SourceError::Http {
                 url: shown,
-                status: Some(200),
+                status: Some(fetched.status),
                 message: "the token response has no access_token".to_string(),
             });
         };
@@ -523,8 +530,15 @@ impl HttpSource {
         let status = response.status();
         if status.is_success() {
             let headers = response.headers().clone();
+            // Relative next links resolve against where the page came from after redirects.
+            let url = response.url().clone();
             let body = self.read_body(response, &shown).await?;
-            return Ok(Fetched { url, headers, body });
+            return Ok(Fetched {
+                url,
+                status: status.as_u16(),
+                headers,
+                body,
+            });
         }
         let retry_after = response
             .headers()
@@ -644,7 +658,7 @@ impl HttpSource {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|error| SourceError::Http {
                     url: shown(),
-                    status: Some(200),
+                    status: Some(fetched.status),
                     message: format!("reading the XML body failed: {error}"),
                 });
         };
@@ -659,7 +673,7 @@ impl HttpSource {
             Some(other) => {
                 return Err(SourceError::Http {
                     url: shown(),
-                    status: Some(200),
+                    status: Some(fetched.status),
                     message: format!(
                         "expected an array of records at {:?}, found {}",
                         self.settings.records.as_deref().unwrap_or(""),
@@ -690,7 +704,7 @@ impl HttpSource {
         let document: Value =
             serde_json::from_slice(&fetched.body).map_err(|error| SourceError::Http {
                 url: shown(),
-                status: Some(200),
+                status: Some(fetched.status),
                 message: format!(
                     "the response is not valid JSON ({error}): {}",
                     excerpt(&fetched.body)
@@ -701,7 +715,7 @@ impl HttpSource {
         {
             return Err(SourceError::Http {
                 url: shown(),
-                status: Some(200),
+                status: Some(fetched.status),
                 message: format!(
                     "the response reports an error: {}",
                     application_message(error)
@@ -749,7 +763,7 @@ impl HttpSource {
                     Some(next_token) if Some(&next_token) == token.as_ref() => {
                         return Err(SourceError::Http {
                             url: shown(),
-                            status: Some(200),
+                            status: Some(fetched.status),
                             message: format!(
                                 "the next cursor {next_token:?} repeats the current one; \
                                  paging would never end"
@@ -766,13 +780,13 @@ impl HttpSource {
             Paging::NextLink { next } => {
                 match document.and_then(|document| lookup(document, next)) {
                     Some(Value::String(link)) if !link.is_empty() => {
-                        Some(Position::Link(self.follow(&fetched.url, link)?))
+                        Some(Position::Link(self.follow(fetched, link)?))
                     }
                     _ => None,
                 }
             }
             Paging::LinkHeader => match next_link_header(&fetched.headers) {
-                Some(link) => Some(Position::Link(self.follow(&fetched.url, &link)?)),
+                Some(link) => Some(Position::Link(self.follow(fetched, &link)?)),
                 None => None,
             },
         })
@@ -780,17 +794,18 @@ impl HttpSource {
 
     /// Resolves a next link against the URL that returned it and checks it stays on the
     /// configured origin, so credentials never leave for another host.
-    fn follow(&self, current: &Url, link: &str) -> Result<Url, SourceError> {
+    fn follow(&self, fetched: &Fetched, link: &str) -> Result<Url, SourceError> {
+        let current = &fetched.url;
         let shown = || self.display_url(current);
         let next = current.join(link).map_err(|error| SourceError::Http {
             url: shown(),
-            status: Some(200),
+            status: Some(fetched.status),
             message: format!("the next link {link:?} is not a valid URL: {error}"),
         })?;
         if next.origin() != self.url.origin() {
             return Err(SourceError::Http {
                 url: shown(),
-                status: Some(200),
+                status: Some(fetched.status),
                 message: format!(
                     "the next link points to {}, outside {}; it is not followed",
                     next.origin().ascii_serialization(),
@@ -801,7 +816,7 @@ impl HttpSource {
         if &next == current {
             return Err(SourceError::Http {
                 url: shown(),
-                status: Some(200),
+                status: Some(fetched.status),
                 message: "the next link repeats the current URL; paging would never end"
                     .to_string(),
             });
