@@ -2256,6 +2256,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn timeouts_are_retried_then_reported() {
+        let server = MockServer::start().await;
+        Mock::given(path("/slow"))
+            .respond_with(json_page(json!([])).set_delay(Duration::from_millis(500)))
+            .mount(&server)
+            .await;
+        let mut settings = settings(&server, "/slow");
+        settings.timeout = Duration::from_millis(40);
+        settings.retry_max_elapsed = Duration::from_millis(100);
+        let error = run(settings, None).await.unwrap_err();
+        let message = error.to_string();
+        let expected = format!(
+            "{}/slow: retry budget of 100ms spent; last failure: the request timed out",
+            server.uri()
+        );
+        assert!(message.starts_with(&expected), "{message}");
+        let requests = server.received_requests().await.unwrap();
+        assert!(requests.len() >= 2, "{} requests", requests.len());
+    }
+
+    #[tokio::test]
     async fn bodies_that_are_not_json_or_not_arrays_are_errors() {
         let server = MockServer::start().await;
         Mock::given(path("/broken"))
