@@ -717,7 +717,7 @@ mod tests {
     fn done(batch: &Batch) -> Option<&IngestedFile> {
         match &batch.checkpoint {
             Checkpoint::FileDone(file) => Some(file),
-            Checkpoint::None => None,
+            Checkpoint::None | Checkpoint::Cursor(_) => None,
         }
     }
 

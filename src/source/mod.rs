@@ -6,10 +6,12 @@
 //! pipeline commits the batch and only then calls [`Source::acknowledge`], so a source's
 //! position never runs ahead of what is durably stored.
 //!
-//! Transports: [`file::FileSource`] (CSV, JSON, NDJSON, XML drops in a directory).
+//! Transports: [`file::FileSource`] (CSV, JSON, NDJSON, XML drops in a directory) and
+//! [`http::HttpSource`] (paged REST, OData and JSON-RPC APIs, JSON or XML bodies).
 
 pub mod csv;
 pub mod file;
+pub mod http;
 pub mod json;
 pub mod xml;
 
@@ -76,6 +78,8 @@ pub enum Checkpoint {
     None,
     /// The batch ends a file; store it as ingested and then archive it.
     FileDone(IngestedFile),
+    /// The batch ends the stream for this run; store this incremental cursor with it.
+    Cursor(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +98,21 @@ pub enum SourceError {
     },
     #[error("{0}")]
     Config(String),
+    /// A request failed for good. `url` never contains credentials; `status` is absent when
+    /// no response arrived.
+    #[error("{url}: {}", http_failure(*.status, .message))]
+    Http {
+        url: String,
+        status: Option<u16>,
+        message: String,
+    },
+}
+
+fn http_failure(status: Option<u16>, message: &str) -> String {
+    match status {
+        Some(status) => format!("HTTP {status}: {message}"),
+        None => message.to_string(),
+    }
 }
 
 #[async_trait]
