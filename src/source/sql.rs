@@ -590,7 +590,7 @@ fn postgres_value(row: &PgRow, index: usize, type_name: &str) -> Result<Value, S
         "FLOAT4" => float(f64::from(get::<_, f32>(row, index)?)),
         "FLOAT8" => float(get(row, index)?),
         "NUMERIC" => Value::String(get::<_, Decimal>(row, index)?.to_string()),
-        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CITEXT" | "UNKNOWN" => {
+        "TEXT" | "VARCHAR" | "CHAR" | "NAME" | "citext" | "CITEXT" | "UNKNOWN" => {
             Value::String(get(row, index)?)
         }
         "UUID" => Value::String(get::<_, uuid::Uuid>(row, index)?.to_string()),
@@ -931,6 +931,350 @@ mod tests {
         assert_eq!(url, &backend.url);
         assert!(message.starts_with("query failed: "), "{message}");
         assert!(message.contains(&table), "{message}");
+    }
+
+    #[test]
+    fn check_query_accepts_one_placeholder_when_incremental_and_none_otherwise() {
+        let incremental = "SELECT * FROM orders WHERE changed > :cursor ORDER BY changed";
+        assert_eq!(check_query(incremental, true), Ok(()));
+        assert_eq!(
+            check_query(
+                "  -- orders\n/* all */ with x AS (SELECT 1) SELECT * FROM x",
+                false
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_query("SELECT ':cursor', a::cursor, :cursor_at -- :cursor", false),
+            Ok(())
+        );
+        assert_eq!(check_query("select 1", false), Ok(()));
+    }
+
+    #[test]
+    fn check_query_rejects_wrong_placeholder_counts_and_other_statements() {
+        assert_eq!(
+            check_query("SELECT * FROM t WHERE a > :cursor OR b > :cursor", true),
+            Err(
+                "the query has 2 `:cursor` placeholders; an incremental stream needs exactly one"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            check_query("SELECT * FROM t WHERE a > ':cursor'", true),
+            Err("the query has no `:cursor` placeholder; an incremental stream binds its cursor there"
+                .to_string())
+        );
+        assert_eq!(
+            check_query("SELECT * FROM t WHERE a > :cursor", false),
+            Err(
+                "the query has a `:cursor` placeholder but the stream has no cursor column"
+                    .to_string()
+            )
+        );
+        for statement in [
+            "DELETE FROM t WHERE a > :cursor",
+            "-- SELECT\nUPDATE t SET a = 1",
+            "/* SELECT",
+            "SELECTED",
+            "",
+        ] {
+            assert_eq!(
+                check_query(statement, false),
+                Err("the query must start with SELECT or WITH".to_string()),
+                "{statement}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_placeholder_becomes_the_drivers_own() {
+        let query = "SELECT ':cursor' AS l, x::text FROM t WHERE a > :cursor -- :cursor";
+        assert_eq!(
+            translate(query, Driver::Postgres),
+            "SELECT ':cursor' AS l, x::text FROM t WHERE a > $1 -- :cursor"
+        );
+        assert_eq!(
+            translate("SELECT 'it''s :cursor' WHERE a>:cursor", Driver::MySql),
+            "SELECT 'it''s :cursor' WHERE a>?"
+        );
+        assert_eq!(
+            translate("SELECT \"a:cursor\" WHERE a > :cursor", Driver::Sqlite),
+            "SELECT \"a:cursor\" WHERE a > $1"
+        );
+    }
+
+    #[test]
+    fn bytes_render_as_lowercase_hex() {
+        assert_eq!(hex(&[0xde, 0xad, 0x01, 0x00]), "dead0100");
+        assert_eq!(hex(&[]), "");
+    }
+
+    fn sqlite_settings(query: &str) -> SqlStreamSettings {
+        SqlStreamSettings {
+            url: "sqlite::memory:".to_string(),
+            query: query.to_string(),
+            cursor_column: Some("changed".to_string()),
+            initial: None,
+            batch_size: 10,
+        }
+    }
+
+    async fn new_error(settings: SqlStreamSettings, cursor: Option<&str>) -> String {
+        match SqlSource::new(settings, cursor.map(str::to_string), "erp.orders").await {
+            Ok(_) => panic!("the source should not start"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_incremental_stream_needs_a_cursor_to_start_from() {
+        let settings = sqlite_settings("SELECT :cursor AS changed");
+        assert_eq!(
+            new_error(settings.clone(), None).await,
+            "erp.orders: an incremental stream needs an initial cursor for its first run"
+        );
+        let stored = run(settings.clone(), Some("2024-05-01")).await;
+        assert_eq!(
+            stored,
+            vec![(
+                vec![serde_json::json!({"changed": "2024-05-01"})],
+                cursor("2024-05-01")
+            )]
+        );
+        let initial = SqlStreamSettings {
+            initial: Some("2024-01-01".to_string()),
+            ..settings
+        };
+        assert_eq!(
+            checkpoints(&run(initial, None).await),
+            vec![cursor("2024-01-01")]
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_settings_fail_before_connecting() {
+        let settings = sqlite_settings("SELECT :cursor AS changed");
+        assert_eq!(
+            new_error(
+                SqlStreamSettings {
+                    batch_size: 0,
+                    ..settings.clone()
+                },
+                Some("x")
+            )
+            .await,
+            "erp.orders: batch_size must be at least 1"
+        );
+        assert_eq!(
+            new_error(
+                SqlStreamSettings {
+                    url: "oracle://erp/orders".to_string(),
+                    ..settings.clone()
+                },
+                Some("x")
+            )
+            .await,
+            "erp.orders: unsupported database URL scheme `oracle`; expected postgres, mysql, mariadb or sqlite"
+        );
+        assert_eq!(
+            new_error(
+                SqlStreamSettings {
+                    cursor_column: None,
+                    ..settings
+                },
+                None
+            )
+            .await,
+            "erp.orders: the query has a `:cursor` placeholder but the stream has no cursor column"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_failure_names_the_url_without_its_password() {
+        let settings = SqlStreamSettings {
+            url: "postgres://erp:s3cret@127.0.0.1:1/erp".to_string(),
+            query: "SELECT 1 AS one".to_string(),
+            cursor_column: None,
+            initial: None,
+            batch_size: 10,
+        };
+        let error = new_error(settings, None).await;
+        assert!(
+            error.starts_with("postgres://erp:***@127.0.0.1:1/erp: cannot connect: "),
+            "{error}"
+        );
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn sqlite_values_come_by_storage_class() {
+        let backend = sqlite();
+        let table = backend
+            .table(
+                "n INTEGER, r REAL, amount TEXT, b BLOB, z TEXT",
+                &["-7, 1.5, '12.30', x'de00ff', NULL"],
+            )
+            .await;
+        let batches = run(
+            backend.settings(format!("SELECT * FROM {table}"), None),
+            None,
+        )
+        .await;
+        assert_eq!(
+            batches,
+            vec![(
+                vec![serde_json::json!({
+                    "n": -7, "r": 1.5, "amount": "12.30", "b": "de00ff", "z": null
+                })],
+                Checkpoint::None
+            )]
+        );
+        backend.drop_table(&table).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_values_keep_their_exact_form() {
+        let Some(backend) = postgres().await else {
+            return;
+        };
+        let table = backend
+            .table(
+                "amount NUMERIC(10,2), note TEXT, at TIMESTAMP, zoned TIMESTAMPTZ, day DATE, \
+                 clock TIME, raw BYTEA, flag BOOLEAN, small INT2, big INT8, ratio FLOAT8, \
+                 id UUID, doc JSONB, padded CHAR(3)",
+                &[
+                    "12.30, NULL, '2024-01-02 03:04:05.25', '2024-01-02 03:04:05+02', \
+                   '2024-01-02', '03:04:05', '\\xdead01', true, 42, 9007199254740993, 0.5, \
+                   '0190a5c2-0000-7000-8000-000000000001', '{\"a\": [1]}', 'ab'",
+                ],
+            )
+            .await;
+        let batches = run(
+            backend.settings(
+                format!("SELECT *, point '(1,2)' AS spot FROM {table}"),
+                None,
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(
+            batches,
+            vec![(
+                vec![serde_json::json!({
+                    "amount": "12.30",
+                    "note": null,
+                    "at": "2024-01-02T03:04:05.250",
+                    "zoned": "2024-01-02T01:04:05Z",
+                    "day": "2024-01-02",
+                    "clock": "03:04:05",
+                    "raw": "dead01",
+                    "flag": true,
+                    "small": 42,
+                    "big": 9007199254740993_i64,
+                    "ratio": 0.5,
+                    "id": "0190a5c2-0000-7000-8000-000000000001",
+                    "doc": {"a": [1]},
+                    "padded": "ab ",
+                    "spot": null,
+                })],
+                Checkpoint::None
+            )]
+        );
+        backend.drop_table(&table).await;
+    }
+
+    #[tokio::test]
+    async fn mysql_values_keep_their_exact_form() {
+        let Some(backend) = mysql().await else {
+            return;
+        };
+        let table = backend
+            .table(
+                "amount DECIMAL(10,2), note VARCHAR(10), at DATETIME(3), stamp TIMESTAMP NULL, \
+                 day DATE, clock TIME, raw VARBINARY(8), flag BOOLEAN, big BIGINT UNSIGNED, \
+                 ratio DOUBLE, small TINYINT",
+                &[
+                    "12.30, NULL, '2024-01-02 03:04:05.250', '2024-01-02 03:04:05', \
+                   '2024-01-02', '03:04:05', x'dead01', true, 18446744073709551615, 0.5, -3",
+                ],
+            )
+            .await;
+        let batches = run(
+            backend.settings(format!("SELECT * FROM {table}"), None),
+            None,
+        )
+        .await;
+        assert_eq!(
+            batches,
+            vec![(
+                vec![serde_json::json!({
+                    "amount": "12.30",
+                    "note": null,
+                    "at": "2024-01-02T03:04:05.250",
+                    "stamp": "2024-01-02T03:04:05Z",
+                    "day": "2024-01-02",
+                    "clock": "03:04:05",
+                    "raw": "dead01",
+                    "flag": true,
+                    "big": 18446744073709551615_u64,
+                    "ratio": 0.5,
+                    "small": -3,
+                })],
+                Checkpoint::None
+            )]
+        );
+        backend.drop_table(&table).await;
+    }
+
+    /// A timestamp cursor goes round trip: rendered as ISO text, bound as text, compared as a
+    /// timestamp again on the next run.
+    async fn timestamp_cursor_round_trip(backend: Backend, query: &str) {
+        let table = backend
+            .table(
+                "id INT, changed TIMESTAMP(3) NULL",
+                &["1, '2024-01-01 10:00:00'", "2, '2024-01-02 03:04:05.500'"],
+            )
+            .await;
+        let mut settings = backend.settings(query.replace("{table}", &table), Some("changed"));
+        settings.initial = Some("2024-01-01 10:00:00".to_string());
+        let first = run(settings.clone(), None).await;
+        assert_eq!(column(&first, "id"), vec![vec![Value::from(2)]]);
+        let Checkpoint::Cursor(next) = first[0].1.clone() else {
+            panic!("no cursor in {first:?}");
+        };
+        backend
+            .execute(&[format!(
+                "INSERT INTO {table} VALUES (3, '2024-01-02 03:04:05.501')"
+            )])
+            .await;
+        let second = run(settings, Some(&next)).await;
+        assert_eq!(column(&second, "id"), vec![vec![Value::from(3)]]);
+        backend.drop_table(&table).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_timestamp_cursors_round_trip_through_a_cast() {
+        let Some(backend) = postgres().await else {
+            return;
+        };
+        timestamp_cursor_round_trip(
+            backend,
+            "SELECT id, changed FROM {table} WHERE changed > CAST(:cursor AS timestamp) ORDER BY changed",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn mysql_timestamp_cursors_round_trip() {
+        let Some(backend) = mysql().await else {
+            return;
+        };
+        timestamp_cursor_round_trip(
+            backend,
+            "SELECT id, changed FROM {table} WHERE changed > :cursor ORDER BY changed",
+        )
+        .await;
     }
 
     macro_rules! on_every_backend {
