@@ -12,7 +12,7 @@
 //! quoted identifiers and comments are not placeholders.
 //!
 //! Rows are streamed from the database by a background task over a bounded channel, so at most
-//! about one batch is held in memory. Every row becomes a JSON object of column name → value:
+//! about two batches are held in memory. Every row becomes a JSON object of column name → value:
 //! text as strings, integers and floats as numbers (non-finite floats as null), booleans as
 //! booleans, decimals and numerics as strings so no digit is lost (`"12.30"`), timestamps, dates
 //! and times as ISO 8601 strings (`2024-01-02T03:04:05`, with `Z` for zoned timestamps), UUIDs as
