@@ -234,6 +234,28 @@ async fn check_connections_of(config: &Config) -> u8 {
                     report(format!("stream {location}"), outcome);
                 }
             }
+            Transport::Sql(sql) => {
+                for stream in &sql.streams {
+                    let location = format!("{}/{}", connector.id, stream.name);
+                    let outcome = match crate::source::sql::SqlSource::new(
+                        stream.settings.clone(),
+                        None,
+                        &location,
+                    )
+                    .await
+                    {
+                        Err(error) => Err(error.to_string()),
+                        Ok(mut source) => match source.next_batch().await {
+                            Ok(Some(batch)) => {
+                                Ok(format!("first batch has {} rows", batch.items.len()))
+                            }
+                            Ok(None) => Ok("no rows".to_string()),
+                            Err(error) => Err(error.to_string()),
+                        },
+                    };
+                    report(format!("stream {location}"), outcome);
+                }
+            }
         }
     }
     match &config.feed.sink {
@@ -494,6 +516,8 @@ fn preview_settings(
                     return Ok(settings);
                 }
             }
+            // Rows of an SQL stream are previewed from an export, told by its extension.
+            Transport::Sql(_) => {}
         }
     }
     let extension = sample

@@ -30,6 +30,7 @@ use crate::sink::file::FileSink;
 use crate::sink::relay::{self, RelaySettings};
 use crate::source::file::{FileFormat, FileSource, FileStreamSettings, TextEncoding};
 use crate::source::http::HttpSource;
+use crate::source::sql::SqlSource;
 use crate::source::{Batch, Checkpoint, RawItem, Source, SourceError};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ProfileWrite, QuarantineEntry, Store, StoreError, StoreTx, Upsert};
@@ -287,6 +288,17 @@ async fn sync_streams(
                 let cursor = store.cursor(connector_id, stream_name).await?;
                 let location = format!("{connector_id}/{stream_name}");
                 let source = HttpSource::new(stream.settings.clone(), cursor, &location)
+                    .map_err(source_error)?;
+                (Box::new(source), &stream.mapping)
+            }
+            Transport::Sql(sql) => {
+                let Some(stream) = sql.streams.iter().find(|s| &s.name == stream_name) else {
+                    continue;
+                };
+                let cursor = store.cursor(connector_id, stream_name).await?;
+                let location = format!("{connector_id}/{stream_name}");
+                let source = SqlSource::new(stream.settings.clone(), cursor, &location)
+                    .await
                     .map_err(source_error)?;
                 (Box::new(source), &stream.mapping)
             }

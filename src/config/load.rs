@@ -19,7 +19,7 @@ use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, SourceFile, file_level, suggestion};
 use super::env::{Env, expand};
-use super::spec::{ConfigSpec, FileConnectorSpec, HttpConnectorSpec};
+use super::spec::{ConfigSpec, FileConnectorSpec, HttpConnectorSpec, SqlConnectorSpec};
 use super::validate::{ConnectorFile, ConnectorSpec, Loaded, validate};
 use super::{Config, Transport};
 use crate::mapper::{Mapping, SpecError};
@@ -345,6 +345,7 @@ fn parse_connector(
             &file,
             diagnostics,
         )?)),
+        "sql" => ConnectorSpec::Sql(parse_all::<SqlConnectorSpec>(&file, diagnostics)?),
         other => {
             let hint = match suggestion(other, Transport::KINDS) {
                 hint if hint.is_empty() => {

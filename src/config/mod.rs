@@ -164,7 +164,7 @@ impl ConnectorConfig {
     pub fn stream(&self, name: &str) -> Option<&FileStream> {
         match &self.transport {
             Transport::File(file) => file.streams.iter().find(|stream| stream.name == name),
-            Transport::Http(_) => None,
+            Transport::Http(_) | Transport::Sql(_) => None,
         }
     }
 
@@ -177,6 +177,11 @@ impl ConnectorConfig {
                 .map(|s| (s.name.as_str(), s.mapping.as_str()))
                 .collect(),
             Transport::Http(http) => http
+                .streams
+                .iter()
+                .map(|s| (s.name.as_str(), s.mapping.as_str()))
+                .collect(),
+            Transport::Sql(sql) => sql
                 .streams
                 .iter()
                 .map(|s| (s.name.as_str(), s.mapping.as_str()))
@@ -202,17 +207,20 @@ pub enum Transport {
     File(FileConnector),
     /// `kind = "http"`: a REST, OData or JSON-RPC API.
     Http(HttpConnector),
+    /// `kind = "sql"`: a source database read with the operator's query.
+    Sql(SqlConnector),
 }
 
 impl Transport {
     /// Every supported `kind`, in the order messages list them.
-    pub const KINDS: [&'static str; 2] = ["file", "http"];
+    pub const KINDS: [&'static str; 3] = ["file", "http", "sql"];
 
     /// The `kind` this transport is written as.
     pub fn kind(&self) -> &'static str {
         match self {
             Transport::File(_) => "file",
             Transport::Http(_) => "http",
+            Transport::Sql(_) => "sql",
         }
     }
 }
@@ -220,6 +228,19 @@ impl Transport {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpConnector {
     pub streams: Vec<HttpStream>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlConnector {
+    pub streams: Vec<SqlStream>,
+}
+
+/// One SQL stream: its name, its mapping and the source's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlStream {
+    pub name: String,
+    pub mapping: String,
+    pub settings: crate::source::sql::SqlStreamSettings,
 }
 
 /// One HTTP stream: its name, its mapping and everything the transport needs per request

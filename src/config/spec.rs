@@ -277,3 +277,36 @@ pub struct IncrementalSpec {
     /// The cursor of the very first run; without it the first run is unfiltered.
     pub initial: Option<String>,
 }
+
+/// `connectors/<id>.toml` with `kind = "sql"`: a source database read with the operator's
+/// query (PostgreSQL, MySQL/MariaDB or SQLite).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConnectorSpec {
+    pub kind: Spanned<String>,
+    /// The system name in source refs; defaults to the connector id.
+    pub system: Option<String>,
+    /// `postgres://user:${PASSWORD}@host/db`, `mysql://…`, `sqlite://path`.
+    pub url: Spanned<String>,
+    /// As for file connectors.
+    pub empty_values: Option<Vec<toml::Value>>,
+    #[serde(rename = "stream")]
+    pub streams: Vec<SqlStreamSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlStreamSpec {
+    pub name: Spanned<String>,
+    /// A SELECT with `:cursor` where the watermark is bound (incremental streams), ordered by
+    /// the cursor column.
+    pub query: Spanned<String>,
+    /// The result column whose last value is the next cursor; without it the stream is a
+    /// snapshot and the query has no `:cursor`.
+    pub cursor_column: Option<String>,
+    /// The cursor of the first run; required when `cursor_column` is set.
+    pub initial: Option<String>,
+    /// Rows per committed batch; default 1000.
+    pub batch_size: Option<usize>,
+    pub mapping: Spanned<String>,
+}

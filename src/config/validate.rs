@@ -23,12 +23,12 @@ use super::diagnostic::{Diagnostic, SourceFile, did_you_mean, suggestion};
 use super::env::{Env, expand};
 use super::spec::{
     AmqpSpec, AuthSpec, ConfigSpec, FeedSpec, FileConnectorSpec, FileStreamSpec, HttpConnectorSpec,
-    IdentitySpec, JobSpec, OpsSpec, PagingSpec, ProfileSpec, StoreSpec,
+    IdentitySpec, JobSpec, OpsSpec, PagingSpec, ProfileSpec, SqlConnectorSpec, StoreSpec,
 };
 use super::{
     Config, ConnectorConfig, FeedConfig, FileConnector, FileStream, HttpConnector, HttpStream,
-    IdentityConfig, JobConfig, MatchKey, ProfileConfig, SinkConfig, StoreConfig, StreamRef,
-    Transport,
+    IdentityConfig, JobConfig, MatchKey, ProfileConfig, SinkConfig, SqlConnector, SqlStream,
+    StoreConfig, StreamRef, Transport,
 };
 use crate::mapper::Mapping;
 
@@ -71,6 +71,7 @@ pub(crate) struct ConnectorFile {
 pub(crate) enum ConnectorSpec {
     File(FileConnectorSpec),
     Http(Box<HttpConnectorSpec>),
+    Sql(SqlConnectorSpec),
 }
 
 /// Checks everything and builds the [`Config`]; problems go to `diagnostics`. The result is
@@ -803,6 +804,7 @@ fn check_connector(
             check_file_connector(connector, spec, root, mapping_ids, checker)
         }
         ConnectorSpec::Http(spec) => check_http_connector(connector, spec, mapping_ids, checker),
+        ConnectorSpec::Sql(spec) => check_sql_connector(connector, spec, mapping_ids, checker),
     }
 }
 
@@ -1099,6 +1101,103 @@ fn check_http_connector(
         system: system?,
         empty_values: empty_values?,
         transport: Transport::Http(HttpConnector {
+            streams: streams.into_iter().collect::<Option<Vec<_>>>()?,
+        }),
+    })
+}
+
+const SQL_SCHEMES: [&str; 5] = ["postgres", "postgresql", "mysql", "mariadb", "sqlite"];
+
+fn check_sql_connector(
+    connector: &ConnectorFile,
+    spec: &SqlConnectorSpec,
+    mapping_ids: &BTreeSet<String>,
+    checker: &mut Checker,
+) -> Option<ConnectorConfig> {
+    let system = match &spec.system {
+        Some(system) => checker.plain(system),
+        None => Some(connector.id.clone()),
+    };
+    let url = checker.text(&spec.url).and_then(|url| {
+        let scheme = url.value.split_once("://").map(|(scheme, _)| scheme);
+        let unresolved = !checker.required && url.value.contains("${");
+        match scheme {
+            _ if unresolved => Some(url.value),
+            Some(scheme) if SQL_SCHEMES.contains(&scheme) => Some(url.value),
+            _ => {
+                // The URL may hold a password: name the accepted schemes, not the value.
+                checker.error(
+                    url.span.start,
+                    format!(
+                        "url must start with one of {}",
+                        SQL_SCHEMES.map(|s| format!("{s}://")).join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    });
+    let empty_values = check_empty_values(spec.empty_values.as_deref(), checker);
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut streams = Vec::new();
+    for stream in &spec.streams {
+        let name = checker.text(&stream.name);
+        if let Some(name) = &name
+            && !seen.insert(name.value.clone())
+        {
+            checker.error(
+                name.span.start,
+                format!("duplicate stream name {}", name.shown()),
+            );
+        }
+        let mapping = check_mapping_ref(&stream.mapping, mapping_ids, checker);
+        let incremental = stream.cursor_column.is_some();
+        let query = checker.text(&stream.query).and_then(|query| {
+            match crate::source::sql::check_query(&query.value, incremental) {
+                Ok(()) => Some(query.value),
+                Err(reason) => {
+                    checker.error(query.span.start, reason);
+                    None
+                }
+            }
+        });
+        if incremental && stream.initial.is_none() {
+            checker.error(
+                stream.name.span().start,
+                "a stream with cursor_column needs `initial`, the cursor of its first run",
+            );
+        }
+        let batch_size = match stream.batch_size {
+            Some(0) => {
+                checker.error(stream.name.span().start, "batch_size must be at least 1");
+                None
+            }
+            Some(size) => Some(size),
+            None => Some(DEFAULT_STREAM_BATCH),
+        };
+        streams.push((|| {
+            Some(SqlStream {
+                name: name?.value,
+                mapping: mapping?,
+                settings: crate::source::sql::SqlStreamSettings {
+                    url: url.clone()?,
+                    query: query?,
+                    cursor_column: stream.cursor_column.clone(),
+                    initial: stream.initial.clone(),
+                    batch_size: batch_size?,
+                },
+            })
+        })());
+    }
+    if checker.failed {
+        return None;
+    }
+    Some(ConnectorConfig {
+        id: connector.id.clone(),
+        path: connector.path.clone(),
+        system: system?,
+        empty_values: empty_values?,
+        transport: Transport::Sql(SqlConnector {
             streams: streams.into_iter().collect::<Option<Vec<_>>>()?,
         }),
     })

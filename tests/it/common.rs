@@ -86,3 +86,25 @@ pub fn read_feed(path: &Path) -> Vec<serde_json::Value> {
         Err(_) => Vec::new(),
     }
 }
+
+/// The PostgreSQL URL for tests, or `None` (with a message) when the server is unreachable
+/// and services are not required (see [`amqp_url`]).
+pub fn postgres_url() -> Option<String> {
+    let url = std::env::var("CONFLUX_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let reachable = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5432".parse().unwrap(),
+        std::time::Duration::from_secs(2),
+    )
+    .is_ok();
+    if reachable {
+        return Some(url);
+    }
+    if std::env::var("CONFLUX_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!(
+            "PostgreSQL is required (CONFLUX_REQUIRE_SERVICES=1) but 127.0.0.1:5432 is unreachable"
+        );
+    }
+    eprintln!("skipping: PostgreSQL not reachable at 127.0.0.1:5432");
+    None
+}

@@ -11,3 +11,4 @@ mod http; // kind = "http" connectors end to end: paging, incremental cursor, fa
 mod identity; // stable ids across runs, merges into the older id, splits
 mod samples; // real public ERP payloads through the shipped mappings
 mod schema; // the committed JSON Schema of the feed matches the types
+mod sql; // kind = "sql" connectors against PostgreSQL: bound watermark, incremental runs
