@@ -1,6 +1,7 @@
 //! conflux's integration tests: one binary, one module per capability.
 
 mod common;
+mod fake_erp;
 
 mod amqp; // the feed on the real RabbitMQ: delivery, routing, outage and catch-up
 mod bad_input; // broken CSV rows, truncated XML, wrong types: quarantined, the rest flows
