@@ -267,11 +267,14 @@ async fn list_runs(config: &Config, limit: i64) -> u8 {
 /// names it), so tests and previews see values the way production does.
 fn mapping_context(config: &Config, mapping: &str) -> (String, String, Vec<serde_json::Value>) {
     for connector in config.connectors.values() {
-        let Transport::File(file) = &connector.transport;
-        if let Some(stream) = file.streams.iter().find(|s| s.mapping == mapping) {
+        if let Some((stream, _)) = connector
+            .stream_mappings()
+            .into_iter()
+            .find(|(_, m)| *m == mapping)
+        {
             return (
                 connector.system.clone(),
-                stream.name.clone(),
+                stream.to_string(),
                 connector.empty_values.clone(),
             );
         }
@@ -384,9 +387,24 @@ fn preview_settings(
     sample: &Path,
 ) -> Result<FileStreamSettings, String> {
     for connector in config.connectors.values() {
-        let Transport::File(file) = &connector.transport;
-        if let Some(stream) = file.streams.iter().find(|s| s.mapping == mapping) {
-            return Ok(pipeline::file_settings(stream));
+        match &connector.transport {
+            Transport::File(file) => {
+                if let Some(stream) = file.streams.iter().find(|s| s.mapping == mapping) {
+                    return Ok(pipeline::file_settings(stream));
+                }
+            }
+            // A saved response body of the stream, read like a file of its format.
+            Transport::Http(http) => {
+                if let Some(stream) = http.streams.iter().find(|s| s.mapping == mapping) {
+                    let format = match stream.settings.format {
+                        crate::source::http::BodyFormat::Json => FileFormat::Json,
+                        crate::source::http::BodyFormat::Xml => FileFormat::Xml,
+                    };
+                    let mut settings = FileStreamSettings::new(format);
+                    settings.records = stream.settings.records.clone();
+                    return Ok(settings);
+                }
+            }
         }
     }
     let extension = sample

@@ -19,7 +19,7 @@ use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, SourceFile, file_level, suggestion};
 use super::env::{Env, expand};
-use super::spec::{ConfigSpec, FileConnectorSpec};
+use super::spec::{ConfigSpec, FileConnectorSpec, HttpConnectorSpec};
 use super::validate::{ConnectorFile, ConnectorSpec, Loaded, validate};
 use super::{Config, Transport};
 use crate::mapper::{Mapping, SpecError};
@@ -341,6 +341,10 @@ fn parse_connector(
     };
     let spec = match kind.get_ref().as_str() {
         "file" => ConnectorSpec::File(parse_all::<FileConnectorSpec>(&file, diagnostics)?),
+        "http" => ConnectorSpec::Http(Box::new(parse_all::<HttpConnectorSpec>(
+            &file,
+            diagnostics,
+        )?)),
         other => {
             let hint = match suggestion(other, Transport::KINDS) {
                 hint if hint.is_empty() => {

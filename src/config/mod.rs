@@ -146,7 +146,7 @@ pub struct StreamRef {
 }
 
 /// One source system: its connector file's common settings and its transport.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConnectorConfig {
     /// The file stem.
     pub id: String,
@@ -160,40 +160,75 @@ pub struct ConnectorConfig {
 }
 
 impl ConnectorConfig {
-    /// The stream called `name`.
+    /// The file stream called `name` (`None` for other transports).
     pub fn stream(&self, name: &str) -> Option<&FileStream> {
         match &self.transport {
             Transport::File(file) => file.streams.iter().find(|stream| stream.name == name),
+            Transport::Http(_) => None,
+        }
+    }
+
+    /// Every stream as `(name, mapping id)`, in file order.
+    pub fn stream_mappings(&self) -> Vec<(&str, &str)> {
+        match &self.transport {
+            Transport::File(file) => file
+                .streams
+                .iter()
+                .map(|s| (s.name.as_str(), s.mapping.as_str()))
+                .collect(),
+            Transport::Http(http) => http
+                .streams
+                .iter()
+                .map(|s| (s.name.as_str(), s.mapping.as_str()))
+                .collect(),
         }
     }
 
     /// The names of all streams, in file order.
     pub fn stream_names(&self) -> Vec<&str> {
-        match &self.transport {
-            Transport::File(file) => file.streams.iter().map(|s| s.name.as_str()).collect(),
-        }
+        self.stream_mappings()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
     }
 }
 
 /// The registry of transports: one variant per connector `kind`. Adding a transport means a
 /// variant here, its spec type in `spec`, and one arm in each `match` the compiler then
 /// points at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Transport {
     /// `kind = "file"`: files dropped into a directory.
     File(FileConnector),
+    /// `kind = "http"`: a REST, OData or JSON-RPC API.
+    Http(HttpConnector),
 }
 
 impl Transport {
     /// Every supported `kind`, in the order messages list them.
-    pub const KINDS: [&'static str; 1] = ["file"];
+    pub const KINDS: [&'static str; 2] = ["file", "http"];
 
     /// The `kind` this transport is written as.
     pub fn kind(&self) -> &'static str {
         match self {
             Transport::File(_) => "file",
+            Transport::Http(_) => "http",
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConnector {
+    pub streams: Vec<HttpStream>,
+}
+
+/// One HTTP stream: its name, its mapping and everything the transport needs per request
+/// (the connector's URL, auth and limits are folded in).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpStream {
+    pub name: String,
+    pub mapping: String,
+    pub settings: crate::source::http::HttpStreamSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -553,7 +588,9 @@ batch_size = 50
             format!("{:?}", config.feed.sink),
             "Amqp { url: \"<redacted>\", exchange: \"conflux.customers\" }"
         );
-        let Transport::File(erp) = &config.connectors["erp"].transport;
+        let Transport::File(erp) = &config.connectors["erp"].transport else {
+            panic!("a file connector")
+        };
         assert_eq!(erp.dir, Path::new("/mnt/erp/outbound"));
     }
 
@@ -599,7 +636,9 @@ batch_size = 50
             &SHOP.replace("data/shop", "data/$${shop}"),
         );
         let config = tree.load(&[]).unwrap();
-        let Transport::File(shop) = &config.connectors["shop"].transport;
+        let Transport::File(shop) = &config.connectors["shop"].transport else {
+            panic!("a file connector")
+        };
         assert_eq!(shop.dir, tree.root.join("data/${shop}"));
     }
 
@@ -611,7 +650,9 @@ batch_size = 50
             &SHOP.replace("data/shop", "${SPARE_DIR}"),
         );
         let config = tree.load(&[]).unwrap();
-        let Transport::File(spare) = &config.connectors["spare"].transport;
+        let Transport::File(spare) = &config.connectors["spare"].transport else {
+            panic!("a file connector")
+        };
         assert_eq!(spare.dir, tree.root.join("${SPARE_DIR}"));
 
         tree.write(
@@ -629,13 +670,19 @@ batch_size = 50
         let tree = Tree::new();
         tree.write("connectors/shop.toml", &SHOP.replace("\"file\"", "\"htp\""));
         tree.write("connectors/erp.toml", &ERP.replace("\"file\"", "\"fiel\""));
+        tree.write(
+            "connectors/queue.toml",
+            &ERP.replace("\"file\"", "\"kafka\""),
+        );
         assert_eq!(
             tree.errors(&[]),
             [
                 "connectors/erp.toml:1:8: unknown connector kind \"fiel\"; did you mean \
                  \"file\"?",
-                "connectors/shop.toml:1:8: unknown connector kind \"htp\"; supported kinds: \
-                 \"file\"",
+                "connectors/queue.toml:1:8: unknown connector kind \"kafka\"; supported \
+                 kinds: \"file\", \"http\"",
+                "connectors/shop.toml:1:8: unknown connector kind \"htp\"; did you mean \
+                 \"http\"?",
             ]
         );
     }

@@ -153,3 +153,127 @@ pub struct FileStreamSpec {
     /// Records per committed batch; default 1000.
     pub batch_size: Option<usize>,
 }
+
+/// `connectors/<id>.toml` with `kind = "http"`: a REST, OData or JSON-RPC API. The
+/// connection (base URL, auth, retries, limits) is shared by its streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConnectorSpec {
+    pub kind: Spanned<String>,
+    /// The system name in source refs; defaults to the connector id.
+    pub system: Option<String>,
+    /// `https://host[:port]`; usually `${ERP_BASE_URL}`.
+    pub base_url: Spanned<String>,
+    pub auth: Option<Spanned<AuthSpec>>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub retry: Option<RetrySpec>,
+    /// At most this many requests per second.
+    pub rate_limit: Option<f64>,
+    /// Largest accepted response body in MiB; default 64.
+    pub max_response_mb: Option<u64>,
+    /// Per-request timeout, e.g. "30s"; default 30 s.
+    pub timeout: Option<Spanned<String>>,
+    /// As for file connectors.
+    pub empty_values: Option<Vec<toml::Value>>,
+    #[serde(rename = "stream")]
+    pub streams: Vec<HttpStreamSpec>,
+}
+
+/// `auth = { type = "basic" | "bearer" | "api_key" | "oauth2", ... }`. Values may hold
+/// `${VAR}` references (they are secrets: they never appear in messages).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthSpec {
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer {
+        token: String,
+    },
+    ApiKey {
+        name: String,
+        value: String,
+        /// `header` (default) or `query`.
+        #[serde(rename = "in")]
+        location: Option<String>,
+    },
+    Oauth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        scope: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Total time one request may spend retrying, e.g. "5m"; default "2m".
+    pub max_elapsed: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStreamSpec {
+    pub name: Spanned<String>,
+    /// Appended to the connector's `base_url`.
+    pub path: Spanned<String>,
+    /// `get` (default) or `post`.
+    pub method: Option<Spanned<String>>,
+    /// Query parameters; values may contain `{cursor}`, `{offset}`, `{limit}`, `{page}`.
+    #[serde(default)]
+    pub query: BTreeMap<String, Spanned<String>>,
+    /// POST only: the JSON body template, written as a TOML table.
+    pub body: Option<toml::Value>,
+    /// `json` (default) or `xml`.
+    pub format: Option<Spanned<String>>,
+    /// JSON: dotted path of the record array (`d.results`, `value`); XML: element path.
+    pub records: Option<Spanned<String>>,
+    pub paging: Option<Spanned<PagingSpec>>,
+    pub incremental: Option<IncrementalSpec>,
+    /// Dotted path of a member that makes a 200 response an error (Odoo: `error`).
+    pub error_path: Option<String>,
+    /// The mapping id.
+    pub mapping: Spanned<String>,
+}
+
+/// `paging = { type = "page_number" | "offset_limit" | "cursor" | "next_link" | "link_header", ... }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PagingSpec {
+    PageNumber {
+        param: String,
+        start: Option<u64>,
+        size_param: Option<String>,
+        size: u64,
+    },
+    OffsetLimit {
+        offset_param: String,
+        limit_param: String,
+        limit: u64,
+    },
+    Cursor {
+        param: String,
+        next: String,
+    },
+    NextLink {
+        next: String,
+    },
+    LinkHeader,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncrementalSpec {
+    /// One field, or two whose values are concatenated (SAP date + time).
+    pub fields: Vec<String>,
+    /// The query parameter carrying the filter; `""` when the filter lives in the body.
+    pub param: String,
+    /// The filter with `{cursor}`, e.g. `lastModifiedDateTime gt {cursor}`.
+    pub template: String,
+    /// The cursor of the very first run; without it the first run is unfiltered.
+    pub initial: Option<String>,
+}

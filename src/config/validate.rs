@@ -22,12 +22,13 @@ use toml::Spanned;
 use super::diagnostic::{Diagnostic, SourceFile, did_you_mean, suggestion};
 use super::env::{Env, expand};
 use super::spec::{
-    AmqpSpec, ConfigSpec, FeedSpec, FileConnectorSpec, FileStreamSpec, IdentitySpec, JobSpec,
-    OpsSpec, ProfileSpec, StoreSpec,
+    AmqpSpec, AuthSpec, ConfigSpec, FeedSpec, FileConnectorSpec, FileStreamSpec, HttpConnectorSpec,
+    IdentitySpec, JobSpec, OpsSpec, PagingSpec, ProfileSpec, StoreSpec,
 };
 use super::{
-    Config, ConnectorConfig, FeedConfig, FileConnector, FileStream, IdentityConfig, JobConfig,
-    MatchKey, ProfileConfig, SinkConfig, StoreConfig, StreamRef, Transport,
+    Config, ConnectorConfig, FeedConfig, FileConnector, FileStream, HttpConnector, HttpStream,
+    IdentityConfig, JobConfig, MatchKey, ProfileConfig, SinkConfig, StoreConfig, StreamRef,
+    Transport,
 };
 use crate::mapper::Mapping;
 
@@ -69,6 +70,7 @@ pub(crate) struct ConnectorFile {
 /// A connector file's raw spec, by `kind`; mirrors [`Transport`].
 pub(crate) enum ConnectorSpec {
     File(FileConnectorSpec),
+    Http(Box<HttpConnectorSpec>),
 }
 
 /// Checks everything and builds the [`Config`]; problems go to `diagnostics`. The result is
@@ -334,7 +336,7 @@ fn check_feed(spec: &FeedSpec, root: &Path, checker: &mut Checker) -> Option<Fee
     let sink_text = checker.text(&spec.sink);
     let path = checker.optional_text(spec.path.as_ref());
     let retry_budget = match checker.optional_text(spec.retry_budget.as_ref()) {
-        Some(Some(text)) => parse_duration(&text, checker),
+        Some(Some(text)) => parse_duration(&text, "retry_budget", checker),
         Some(None) => Some(DEFAULT_RETRY_BUDGET),
         None => None,
     };
@@ -437,14 +439,14 @@ fn check_ops(spec: &OpsSpec, checker: &mut Checker) -> Option<Option<SocketAddr>
 
 /// A positive duration written like `30s`, `5m`, `1h` or `500ms` (jiff's friendly format;
 /// ISO 8601 `PT30S` is accepted too).
-fn parse_duration(text: &Text, checker: &mut Checker) -> Option<Duration> {
+fn parse_duration(text: &Text, what: &str, checker: &mut Checker) -> Option<Duration> {
     let parsed = SignedDuration::from_str(&text.value)
         .ok()
         .and_then(|duration| Duration::try_from(duration).ok());
     match parsed {
         Some(duration) if !duration.is_zero() => Some(duration),
         Some(_) => {
-            checker.error(text.span.start, "retry_budget must be longer than zero");
+            checker.error(text.span.start, format!("{what} must be longer than zero"));
             None
         }
         None => {
@@ -800,6 +802,7 @@ fn check_connector(
         ConnectorSpec::File(spec) => {
             check_file_connector(connector, spec, root, mapping_ids, checker)
         }
+        ConnectorSpec::Http(spec) => check_http_connector(connector, spec, mapping_ids, checker),
     }
 }
 
@@ -867,6 +870,346 @@ fn check_file_connector(
             archive_dir: archive_dir?,
             streams: streams.into_iter().collect::<Option<Vec<_>>>()?,
         }),
+    })
+}
+
+/// Default per-request retry budget of HTTP streams.
+const DEFAULT_HTTP_RETRY: Duration = Duration::from_secs(120);
+/// Default per-request timeout of HTTP streams.
+const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn check_mapping_ref(
+    mapping: &Spanned<String>,
+    mapping_ids: &BTreeSet<String>,
+    checker: &mut Checker,
+) -> Option<String> {
+    checker.text(mapping).and_then(|mapping| {
+        if mapping_ids.contains(&mapping.value) {
+            Some(mapping.value)
+        } else {
+            let hint = suggestion(&mapping.value, mapping_ids.iter().map(String::as_str));
+            checker.error(
+                mapping.span.start,
+                format!("unknown mapping {}{hint}", mapping.shown()),
+            );
+            None
+        }
+    })
+}
+
+fn check_http_connector(
+    connector: &ConnectorFile,
+    spec: &HttpConnectorSpec,
+    mapping_ids: &BTreeSet<String>,
+    checker: &mut Checker,
+) -> Option<ConnectorConfig> {
+    use crate::source::http::{Auth, DEFAULT_MAX_RESPONSE_BYTES, HttpStreamSettings};
+    let system = match &spec.system {
+        Some(system) => checker.plain(system),
+        None => Some(connector.id.clone()),
+    };
+    let base_url = checker.text(&spec.base_url).and_then(|url| {
+        let value = url.value.trim_end_matches('/').to_string();
+        // In a connector no job uses, `${VAR}` references stay unresolved: nothing to check.
+        let unresolved = !checker.required && value.contains("${");
+        let valid = unresolved
+            || ((value.starts_with("http://") || value.starts_with("https://"))
+                && value.len() > "https://".len());
+        if valid {
+            Some(value)
+        } else {
+            checker.error(
+                url.span.start,
+                format!(
+                    "base_url {} must start with http:// or https:// and name a host",
+                    url.shown()
+                ),
+            );
+            None
+        }
+    });
+    let auth = match &spec.auth {
+        None => Some(Auth::None),
+        Some(auth) => check_auth(auth, checker),
+    };
+    let mut headers = Vec::new();
+    for (name, value) in &spec.headers {
+        if let Some(value) = checker.text(value) {
+            headers.push((name.clone(), value.value));
+        }
+    }
+    let retry = match &spec.retry {
+        None => Some(DEFAULT_HTTP_RETRY),
+        Some(retry) => checker
+            .text(&retry.max_elapsed)
+            .and_then(|text| parse_duration(&text, "retry.max_elapsed", checker)),
+    };
+    let timeout = match checker.optional_text(spec.timeout.as_ref()) {
+        Some(Some(text)) => parse_duration(&text, "timeout", checker),
+        Some(None) => Some(DEFAULT_HTTP_TIMEOUT),
+        None => None,
+    };
+    let rate_limit = match spec.rate_limit {
+        Some(rate) if !(rate.is_finite() && rate > 0.0) => {
+            let at = checker.file.key_offset("rate_limit").unwrap_or(0);
+            checker.error(
+                at,
+                format!("rate_limit must be a positive number of requests per second, got {rate}"),
+            );
+            None
+        }
+        rate => Some(rate),
+    };
+    let max_response_bytes = match spec.max_response_mb {
+        Some(0) => {
+            let at = checker.file.key_offset("max_response_mb").unwrap_or(0);
+            checker.error(at, "max_response_mb must be at least 1");
+            None
+        }
+        Some(mb) => Some(mb.saturating_mul(1024 * 1024)),
+        None => Some(DEFAULT_MAX_RESPONSE_BYTES),
+    };
+    let empty_values = check_empty_values(spec.empty_values.as_deref(), checker);
+
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut streams = Vec::new();
+    for stream in &spec.streams {
+        let name = checker.text(&stream.name);
+        if let Some(name) = &name
+            && !seen.insert(name.value.clone())
+        {
+            checker.error(
+                name.span.start,
+                format!("duplicate stream name {}", name.shown()),
+            );
+        }
+        let mapping = check_mapping_ref(&stream.mapping, mapping_ids, checker);
+        let path = checker.text(&stream.path).and_then(|path| {
+            if path.value.starts_with('/') {
+                Some(path.value)
+            } else {
+                checker.error(
+                    path.span.start,
+                    format!("path {} must start with /", path.shown()),
+                );
+                None
+            }
+        });
+        let method = match checker.optional_text(stream.method.as_ref()) {
+            Some(None) => Some(crate::source::http::HttpMethod::Get),
+            Some(Some(text)) => match text.value.to_ascii_lowercase().as_str() {
+                "get" => Some(crate::source::http::HttpMethod::Get),
+                "post" => Some(crate::source::http::HttpMethod::Post),
+                _ => {
+                    checker.unknown("method", &text, &["get", "post"]);
+                    None
+                }
+            },
+            None => None,
+        };
+        let format = match checker.optional_text(stream.format.as_ref()) {
+            Some(None) => Some(crate::source::http::BodyFormat::Json),
+            Some(Some(text)) => match text.value.as_str() {
+                "json" => Some(crate::source::http::BodyFormat::Json),
+                "xml" => Some(crate::source::http::BodyFormat::Xml),
+                _ => {
+                    checker.unknown("format", &text, &["json", "xml"]);
+                    None
+                }
+            },
+            None => None,
+        };
+        let records = checker
+            .optional_text(stream.records.as_ref())
+            .map(|r| r.map(|t| t.value));
+        let mut query = Vec::new();
+        for (key, value) in &stream.query {
+            if let Some(value) = checker.text(value) {
+                query.push((key.clone(), value.value));
+            }
+        }
+        let body = match &stream.body {
+            None => Some(None),
+            Some(value) => {
+                let resolved = resolve_toml(value, checker);
+                resolved.map(Some)
+            }
+        };
+        let paging = match &stream.paging {
+            None => Some(crate::source::http::Paging::None),
+            Some(paging) => Some(paging_of(paging.get_ref())),
+        };
+        let incremental = match &stream.incremental {
+            None => Some(None),
+            Some(inc) => {
+                if inc.fields.is_empty()
+                    || inc.fields.len() > 2
+                    || !inc.template.contains("{cursor}")
+                {
+                    let at = stream.name.span().start;
+                    checker.error(
+                        at,
+                        "incremental needs one or two `fields` and a `template` containing {cursor}",
+                    );
+                    None
+                } else {
+                    Some(Some(crate::source::http::Incremental {
+                        fields: inc.fields.clone(),
+                        param: inc.param.clone(),
+                        template: inc.template.clone(),
+                        initial: inc.initial.clone(),
+                    }))
+                }
+            }
+        };
+        let settings = (|| {
+            Some(HttpStreamSettings {
+                base_url: base_url.clone()?,
+                path: path?,
+                method: method?,
+                query,
+                headers: headers.clone(),
+                body: body?,
+                format: format?,
+                records: records?,
+                paging: paging?,
+                auth: auth.clone()?,
+                incremental: incremental?,
+                error_path: stream.error_path.clone(),
+                retry_max_elapsed: retry?,
+                requests_per_second: rate_limit?,
+                max_response_bytes: max_response_bytes?,
+                timeout: timeout?,
+            })
+        })();
+        streams.push((|| {
+            Some(HttpStream {
+                name: name?.value,
+                mapping: mapping?,
+                settings: settings?,
+            })
+        })());
+    }
+    if checker.failed {
+        return None;
+    }
+    Some(ConnectorConfig {
+        id: connector.id.clone(),
+        path: connector.path.clone(),
+        system: system?,
+        empty_values: empty_values?,
+        transport: Transport::Http(HttpConnector {
+            streams: streams.into_iter().collect::<Option<Vec<_>>>()?,
+        }),
+    })
+}
+
+fn paging_of(spec: &PagingSpec) -> crate::source::http::Paging {
+    use crate::source::http::Paging;
+    match spec.clone() {
+        PagingSpec::PageNumber {
+            param,
+            start,
+            size_param,
+            size,
+        } => Paging::PageNumber {
+            param,
+            start: start.unwrap_or(1),
+            size_param,
+            size,
+        },
+        PagingSpec::OffsetLimit {
+            offset_param,
+            limit_param,
+            limit,
+        } => Paging::OffsetLimit {
+            offset_param,
+            limit_param,
+            limit,
+        },
+        PagingSpec::Cursor { param, next } => Paging::Cursor { param, next },
+        PagingSpec::NextLink { next } => Paging::NextLink { next },
+        PagingSpec::LinkHeader => Paging::LinkHeader,
+    }
+}
+
+/// Resolves the `${VAR}` references of an auth table; its values are secrets and never shown.
+fn check_auth(
+    auth: &Spanned<AuthSpec>,
+    checker: &mut Checker,
+) -> Option<crate::source::http::Auth> {
+    use crate::source::http::{ApiKeyLocation, Auth};
+    let at = auth.span().start;
+    let secret = |raw: &str, checker: &mut Checker| checker.resolve(raw, at).map(|(v, _)| v);
+    match auth.get_ref() {
+        AuthSpec::Basic { username, password } => Some(Auth::Basic {
+            username: secret(username, checker)?,
+            password: secret(password, checker)?,
+        }),
+        AuthSpec::Bearer { token } => Some(Auth::Bearer {
+            token: secret(token, checker)?,
+        }),
+        AuthSpec::ApiKey {
+            name,
+            value,
+            location,
+        } => {
+            let location = match location.as_deref() {
+                None | Some("header") => ApiKeyLocation::Header,
+                Some("query") => ApiKeyLocation::Query,
+                Some(other) => {
+                    checker.error(
+                        at,
+                        format!("api_key `in` must be \"header\" or \"query\", got \"{other}\""),
+                    );
+                    return None;
+                }
+            };
+            Some(Auth::ApiKey {
+                name: name.clone(),
+                value: secret(value, checker)?,
+                location,
+            })
+        }
+        AuthSpec::Oauth2 {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+        } => Some(Auth::OAuth2ClientCredentials {
+            token_url: secret(token_url, checker)?,
+            client_id: secret(client_id, checker)?,
+            client_secret: secret(client_secret, checker)?,
+            scope: scope.clone(),
+        }),
+    }
+}
+
+/// A TOML body template as JSON, with `${VAR}` resolved in every string.
+fn resolve_toml(value: &toml::Value, checker: &mut Checker) -> Option<serde_json::Value> {
+    use serde_json::Value as Json;
+    Some(match value {
+        toml::Value::String(text) => {
+            let at = checker.file.text.find(text.as_str()).unwrap_or(0);
+            Json::String(checker.resolve(text, at)?.0)
+        }
+        toml::Value::Integer(n) => Json::from(*n),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        toml::Value::Boolean(b) => Json::Bool(*b),
+        toml::Value::Datetime(d) => Json::String(d.to_string()),
+        toml::Value::Array(items) => Json::Array(
+            items
+                .iter()
+                .map(|item| resolve_toml(item, checker))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        toml::Value::Table(table) => {
+            let mut object = serde_json::Map::new();
+            for (key, item) in table {
+                object.insert(key.clone(), resolve_toml(item, checker)?);
+            }
+            Json::Object(object)
+        }
     })
 }
 
