@@ -10,5 +10,6 @@ mod daemon; // scheduled runs, ops endpoints, shutdown by signal, `conflux runs`
 mod demo; // the bundled demo end to end on SQLite + NDJSON, and idempotent re-runs
 mod http; // kind = "http" connectors end to end: paging, incremental cursor, failures
 mod identity; // stable ids across runs, merges into the older id, splits
+mod presets; // SAP, Business Central and Odoo presets end to end against fake servers
 mod samples; // real public ERP payloads through the shipped mappings
 mod schema; // the committed JSON Schema of the feed matches the types
