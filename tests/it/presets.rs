@@ -25,7 +25,10 @@ fn project(connector: &str, replacements: &[(&str, &str)], streams: &[&str]) -> 
         text = text.replace(from, to);
     }
     // A test that fails should fail fast rather than retry for the production budget.
-    text = text.replace(r#"retry = { max_elapsed = "5m" }"#, r#"retry = { max_elapsed = "2s" }"#);
+    text = text.replace(
+        r#"retry = { max_elapsed = "5m" }"#,
+        r#"retry = { max_elapsed = "2s" }"#,
+    );
     std::fs::write(&file, text).unwrap();
     let sync = streams
         .iter()
@@ -73,22 +76,44 @@ async fn sap_s4_preset_syncs_partners_orders_stock_and_suppliers_then_only_chang
     let uri = fake.server.uri();
     let project = project(
         "sap_s4",
-        &[("${SAP_BASE_URL}", &uri), ("${SAP_USER}", sap::USER), ("${SAP_PASSWORD}", sap::PASSWORD)],
-        &["business_partners", "sales_orders", "material_stock", "suppliers"],
+        &[
+            ("${SAP_BASE_URL}", &uri),
+            ("${SAP_USER}", sap::USER),
+            ("${SAP_PASSWORD}", sap::PASSWORD),
+        ],
+        &[
+            "business_partners",
+            "sales_orders",
+            "material_stock",
+            "suppliers",
+        ],
     );
     let dir = project.path();
 
     let first = run(dir).await;
     // 5 partners + 3 orders + 3 unrestricted stock rows (of 4) + 2 suppliers.
-    assert_eq!((first.records_read, first.records_mapped, first.records_quarantined), (13, 13, 0));
+    assert_eq!(
+        (
+            first.records_read,
+            first.records_mapped,
+            first.records_quarantined
+        ),
+        (13, 13, 0)
+    );
     // Every order lands on its customer's profile, a second version of three profiles.
-    assert_eq!((first.profiles_created, first.profiles_updated, first.events_delivered), (5, 3, 8));
+    assert_eq!(
+        (
+            first.profiles_created,
+            first.profiles_updated,
+            first.events_delivered
+        ),
+        (5, 3, 8)
+    );
     let events_after_first = feed_len(dir);
     assert_eq!(first.events_delivered as usize, events_after_first);
     let first_filters = fake.shared.filters();
     assert_eq!(
-        first_filters,
-        ["API_MATERIAL_STOCK_SRV/A_MatlStkInAcctMod InventoryStockType eq '01'"; 2],
+        first_filters, ["API_MATERIAL_STOCK_SRV/A_MatlStkInAcctMod InventoryStockType eq '01'"; 2],
         "the first run has no cursor yet; stock is filtered on every page"
     );
 
@@ -105,15 +130,30 @@ async fn sap_s4_preset_syncs_partners_orders_stock_and_suppliers_then_only_chang
     );
     // Only the snapshot streams are read again, and nothing in them changed.
     assert_eq!((second.records_read, second.records_unchanged), (5, 5));
-    assert_eq!(second.profiles_created + second.profiles_updated + second.profiles_merged, 0);
+    assert_eq!(
+        second.profiles_created + second.profiles_updated + second.profiles_merged,
+        0
+    );
     assert_eq!(feed_len(dir), events_after_first);
 
     {
         let mut state = fake.shared.state();
         let partners = &mut state.business_partners;
         let weber = serde_json::json!("1000043");
-        edit(partners, "BusinessPartner", &weber, "BusinessPartnerFullName", "Weber & Söhne Werkzeugbau GmbH".into());
-        edit(partners, "BusinessPartner", &weber, "LastChangeDate", sap::sap_date("2026-11-02").into());
+        edit(
+            partners,
+            "BusinessPartner",
+            &weber,
+            "BusinessPartnerFullName",
+            "Weber & Söhne Werkzeugbau GmbH".into(),
+        );
+        edit(
+            partners,
+            "BusinessPartner",
+            &weber,
+            "LastChangeDate",
+            sap::sap_date("2026-11-02").into(),
+        );
     }
     let third = run(dir).await;
     assert_eq!((third.records_read, third.records_updated), (6, 1));
@@ -141,11 +181,28 @@ async fn business_central_preset_syncs_with_a_client_credentials_token_then_only
 
     let first = run(dir).await;
     // 3 customers + 2 orders + 3 items + 1 vendor.
-    assert_eq!((first.records_read, first.records_mapped, first.records_quarantined), (9, 9, 0));
-    assert_eq!((first.profiles_created, first.profiles_updated, first.events_delivered), (3, 2, 5));
+    assert_eq!(
+        (
+            first.records_read,
+            first.records_mapped,
+            first.records_quarantined
+        ),
+        (9, 9, 0)
+    );
+    assert_eq!(
+        (
+            first.profiles_created,
+            first.profiles_updated,
+            first.events_delivered
+        ),
+        (3, 2, 5)
+    );
     let events_after_first = feed_len(dir);
     assert_eq!(first.events_delivered as usize, events_after_first);
-    assert!(fake.shared.filters().is_empty(), "the first run has no cursor yet");
+    assert!(
+        fake.shared.filters().is_empty(),
+        "the first run has no cursor yet"
+    );
 
     let second = run(dir).await;
     assert_eq!(
@@ -163,8 +220,20 @@ async fn business_central_preset_syncs_with_a_client_credentials_token_then_only
     {
         let mut state = fake.shared.state();
         let trey = serde_json::json!("20000");
-        edit(&mut state.customers, "number", &trey, "phoneNumber", "069 7654322".into());
-        edit(&mut state.customers, "number", &trey, "lastModifiedDateTime", "2026-11-05T10:00:00.000Z".into());
+        edit(
+            &mut state.customers,
+            "number",
+            &trey,
+            "phoneNumber",
+            "069 7654322".into(),
+        );
+        edit(
+            &mut state.customers,
+            "number",
+            &trey,
+            "lastModifiedDateTime",
+            "2026-11-05T10:00:00.000Z".into(),
+        );
     }
     let third = run(dir).await;
     assert_eq!((third.records_read, third.records_updated), (1, 1));
@@ -173,7 +242,13 @@ async fn business_central_preset_syncs_with_a_client_credentials_token_then_only
     assert_eq!(feed_len(dir), events_after_first + 1);
 }
 
-const ODOO_STREAMS: [&str; 5] = ["partners", "sale_orders", "sale_order_lines", "stock_quants", "supplier_items"];
+const ODOO_STREAMS: [&str; 5] = [
+    "partners",
+    "sale_orders",
+    "sale_order_lines",
+    "stock_quants",
+    "supplier_items",
+];
 
 fn odoo_project(uri: &str, password: &str) -> TempDir {
     let uid = odoo::UID.to_string();
@@ -199,10 +274,24 @@ async fn odoo_preset_pages_by_offset_in_the_body_then_asks_only_for_changes() {
 
     let first = run(dir).await;
     // 4 partners + 2 orders + 3 product lines (of 4) + 2 internal quants (of 3) + 1 price line.
-    assert_eq!((first.records_read, first.records_mapped, first.records_quarantined), (12, 12, 0));
+    assert_eq!(
+        (
+            first.records_read,
+            first.records_mapped,
+            first.records_quarantined
+        ),
+        (12, 12, 0)
+    );
     // Product 140 is on two lines: the second read of it changes nothing.
     assert_eq!(first.records_unchanged, 1);
-    assert_eq!((first.profiles_created, first.profiles_updated, first.events_delivered), (4, 2, 6));
+    assert_eq!(
+        (
+            first.profiles_created,
+            first.profiles_updated,
+            first.events_delivered
+        ),
+        (4, 2, 6)
+    );
     let events_after_first = feed_len(dir);
     assert_eq!(first.events_delivered as usize, events_after_first);
     let first_filters = fake.shared.filters();
@@ -230,8 +319,20 @@ async fn odoo_preset_pages_by_offset_in_the_body_then_asks_only_for_changes() {
     {
         let mut state = fake.shared.state();
         let partners = state.model("res.partner");
-        edit(partners, "id", &serde_json::json!(8), "email", "bestellung@sommer-textil.example.com".into());
-        edit(partners, "id", &serde_json::json!(8), "write_date", "2026-11-03 12:00:00".into());
+        edit(
+            partners,
+            "id",
+            &serde_json::json!(8),
+            "email",
+            "bestellung@sommer-textil.example.com".into(),
+        );
+        edit(
+            partners,
+            "id",
+            &serde_json::json!(8),
+            "write_date",
+            "2026-11-03 12:00:00".into(),
+        );
     }
     let third = run(dir).await;
     assert_eq!((third.records_read, third.records_updated), (1, 1));

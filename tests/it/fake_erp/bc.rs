@@ -79,7 +79,14 @@ fn company_path() -> String {
     format!("/v2.0/{TENANT}/production/api/v2.0/companies({COMPANY})")
 }
 
-fn customer(number: &str, name: &str, kind: &str, email: &str, phone: &str, modified: &str) -> Value {
+fn customer(
+    number: &str,
+    name: &str,
+    kind: &str,
+    email: &str,
+    phone: &str,
+    modified: &str,
+) -> Value {
     json!({
         "id": format!("5d115c9c-44e3-ea11-bb43-0000000{number}"),
         "number": number,
@@ -108,14 +115,44 @@ fn customer(number: &str, name: &str, kind: &str, email: &str, phone: &str, modi
 
 pub fn customers() -> Vec<Value> {
     vec![
-        customer("10000", "Adatum Corporation", "Company", "einkauf@adatum.example.com", "069 1234567", "2026-10-01T07:38:44.293Z"),
-        customer("20000", "Trey Research", "Company", "orders@treyresearch.example.com", "069 7654321", "2026-10-02T09:00:00.000Z"),
-        customer("30000", "Jonas Becker", "Person", "jonas.becker@example.org", "030 1112223", "2026-10-03T12:30:00.000Z"),
+        customer(
+            "10000",
+            "Adatum Corporation",
+            "Company",
+            "einkauf@adatum.example.com",
+            "069 1234567",
+            "2026-10-01T07:38:44.293Z",
+        ),
+        customer(
+            "20000",
+            "Trey Research",
+            "Company",
+            "orders@treyresearch.example.com",
+            "069 7654321",
+            "2026-10-02T09:00:00.000Z",
+        ),
+        customer(
+            "30000",
+            "Jonas Becker",
+            "Person",
+            "jonas.becker@example.org",
+            "030 1112223",
+            "2026-10-03T12:30:00.000Z",
+        ),
     ]
 }
 
-fn sales_order(number: &str, customer: &str, status: &str, modified: &str, lines: &[(&str, f64, f64)]) -> Value {
-    let total: f64 = lines.iter().map(|(_, quantity, price)| quantity * price).sum();
+fn sales_order(
+    number: &str,
+    customer: &str,
+    status: &str,
+    modified: &str,
+    lines: &[(&str, f64, f64)],
+) -> Value {
+    let total: f64 = lines
+        .iter()
+        .map(|(_, quantity, price)| quantity * price)
+        .sum();
     json!({
         "id": format!("f1a2b3c4-0000-0000-0000-0000{number}"),
         "number": number,
@@ -145,8 +182,20 @@ fn sales_order(number: &str, customer: &str, status: &str, modified: &str, lines
 
 pub fn sales_orders() -> Vec<Value> {
     vec![
-        sales_order("101001", "10000", "Open", "2026-10-20T10:00:00.000Z", &[("SKU-140", 6.0, 185.0), ("SKU-110", 150.0, 4.5)]),
-        sales_order("101002", "30000", "Draft", "2026-10-21T11:00:00.000Z", &[("SKU-100", 1.0, 1290.0)]),
+        sales_order(
+            "101001",
+            "10000",
+            "Open",
+            "2026-10-20T10:00:00.000Z",
+            &[("SKU-140", 6.0, 185.0), ("SKU-110", 150.0, 4.5)],
+        ),
+        sales_order(
+            "101002",
+            "30000",
+            "Draft",
+            "2026-10-21T11:00:00.000Z",
+            &[("SKU-100", 1.0, 1290.0)],
+        ),
     ]
 }
 
@@ -205,7 +254,11 @@ impl Respond for TokenResponder {
         ))
         .map(|url| url.query_pairs().into_owned().collect())
         .unwrap_or_default();
-        let field = |name: &str| form.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str());
+        let field = |name: &str| {
+            form.iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str())
+        };
         if field("grant_type") != Some("client_credentials")
             || field("client_id") != Some(CLIENT_ID)
             || field("client_secret") != Some(CLIENT_SECRET)
@@ -227,7 +280,8 @@ impl Respond for TokenResponder {
 }
 
 fn odata_error(status: u16, code: &str, message: &str) -> ResponseTemplate {
-    ResponseTemplate::new(status).set_body_json(json!({"error": {"code": code, "message": message}}))
+    ResponseTemplate::new(status)
+        .set_body_json(json!({"error": {"code": code, "message": message}}))
 }
 
 struct ApiResponder {
@@ -237,28 +291,60 @@ struct ApiResponder {
 impl Respond for ApiResponder {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let bearer = format!("Bearer {ACCESS_TOKEN}");
-        if request.headers.get("authorization").is_none_or(|value| value != bearer.as_str()) {
-            return odata_error(401, "Authentication_InvalidCredentials", "The server has rejected the client credentials.");
+        if request
+            .headers
+            .get("authorization")
+            .is_none_or(|value| value != bearer.as_str())
+        {
+            return odata_error(
+                401,
+                "Authentication_InvalidCredentials",
+                "The server has rejected the client credentials.",
+            );
         }
-        let Some(resource) = request.url.path().strip_prefix(&format!("{}/", company_path())).map(str::to_string) else {
+        let Some(resource) = request
+            .url
+            .path()
+            .strip_prefix(&format!("{}/", company_path()))
+            .map(str::to_string)
+        else {
             return odata_error(404, "BadRequest_NotFound", "The company does not exist.");
         };
         let query: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
-        let param = |name: &str| query.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+        let param = |name: &str| {
+            query
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
         let state = self.shared.state();
         let records = match resource.as_str() {
             "customers" => &state.customers,
             "salesOrders" => &state.sales_orders,
             "items" => &state.items,
             "vendors" => &state.vendors,
-            other => return odata_error(404, "BadRequest_NotFound", &format!("No HTTP resource was found that matches the request URI '{other}'.")),
+            other => {
+                return odata_error(
+                    404,
+                    "BadRequest_NotFound",
+                    &format!("No HTTP resource was found that matches the request URI '{other}'."),
+                );
+            }
         };
         let after = match param("$filter") {
             Some(filter) => {
                 self.shared.log_filter(&resource, &filter);
                 match filter.strip_prefix("lastModifiedDateTime gt ") {
-                    Some(timestamp) if timestamp.parse::<jiff::Timestamp>().is_ok() => Some(timestamp.to_string()),
-                    _ => return odata_error(400, "BadRequest", &format!("Invalid filter expression '{filter}'.")),
+                    Some(timestamp) if timestamp.parse::<jiff::Timestamp>().is_ok() => {
+                        Some(timestamp.to_string())
+                    }
+                    _ => {
+                        return odata_error(
+                            400,
+                            "BadRequest",
+                            &format!("Invalid filter expression '{filter}'."),
+                        );
+                    }
                 }
             }
             None => None,
@@ -266,25 +352,35 @@ impl Respond for ApiResponder {
         let expand = param("$expand").unwrap_or_default();
         let selected: Vec<Value> = records
             .iter()
-            .filter(|record| after.as_deref().is_none_or(|after| text(record, "lastModifiedDateTime") > after))
+            .filter(|record| {
+                after
+                    .as_deref()
+                    .is_none_or(|after| text(record, "lastModifiedDateTime") > after)
+            })
             .map(|record| {
                 let mut record = record.clone();
-                if expand != "salesOrderLines" {
-                    if let Some(object) = record.as_object_mut() {
-                        object.remove("salesOrderLines");
-                    }
+                if expand != "salesOrderLines"
+                    && let Some(object) = record.as_object_mut()
+                {
+                    object.remove("salesOrderLines");
                 }
                 record
             })
             .collect();
         let skip: usize = param("$skiptoken").map_or(0, |token| token.parse().unwrap());
-        let page: Vec<Value> = selected.iter().skip(skip).take(PAGE_SIZE).cloned().collect();
+        let page: Vec<Value> = selected
+            .iter()
+            .skip(skip)
+            .take(PAGE_SIZE)
+            .cloned()
+            .collect();
         let mut body = json!({
             "@odata.context": format!("{}/v2.0/{TENANT}/production/api/v2.0/$metadata#companies({COMPANY})/{resource}", state.base_uri),
             "value": page
         });
         if skip + PAGE_SIZE < selected.len() {
-            let mut next = reqwest::Url::parse(&format!("{}{}", state.base_uri, request.url.path())).unwrap();
+            let mut next =
+                reqwest::Url::parse(&format!("{}{}", state.base_uri, request.url.path())).unwrap();
             {
                 let mut pairs = next.query_pairs_mut();
                 for (key, value) in query.iter().filter(|(key, _)| key != "$skiptoken") {
@@ -323,7 +419,11 @@ mod tests {
         let granted: Value = token(&fake, CLIENT_SECRET).await.json().await.unwrap();
         let access = granted["access_token"].as_str().unwrap();
         let client = reqwest::Client::new();
-        let denied = client.get(format!("{}/customers", fake.company_url())).send().await.unwrap();
+        let denied = client
+            .get(format!("{}/customers", fake.company_url()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(denied.status().as_u16(), 401);
         let first: Value = client
             .get(format!("{}/customers", fake.company_url()))
@@ -336,8 +436,19 @@ mod tests {
             .unwrap();
         assert_eq!(first["value"].as_array().unwrap().len(), 2);
         let next = first["@odata.nextLink"].as_str().unwrap();
-        assert_eq!(next, format!("{}/customers?%24skiptoken=2", fake.company_url()));
-        let last: Value = client.get(next).bearer_auth(access).send().await.unwrap().json().await.unwrap();
+        assert_eq!(
+            next,
+            format!("{}/customers?%24skiptoken=2", fake.company_url())
+        );
+        let last: Value = client
+            .get(next)
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(last["value"][0]["number"], "30000");
         assert!(last.get("@odata.nextLink").is_none());
         assert_eq!(fake.shared.state().tokens_issued, 1);
@@ -351,7 +462,13 @@ mod tests {
         let client = reqwest::Client::new();
         let orders: Value = client
             .get(format!("{}/salesOrders", fake.company_url()))
-            .query(&[("$filter", "lastModifiedDateTime gt 2026-10-20T10:00:00.000Z"), ("$expand", "salesOrderLines")])
+            .query(&[
+                (
+                    "$filter",
+                    "lastModifiedDateTime gt 2026-10-20T10:00:00.000Z",
+                ),
+                ("$expand", "salesOrderLines"),
+            ])
             .bearer_auth(access)
             .send()
             .await
@@ -360,7 +477,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(orders["value"].as_array().unwrap().len(), 1);
-        assert_eq!(orders["value"][0]["salesOrderLines"][0]["lineObjectNumber"], "SKU-100");
+        assert_eq!(
+            orders["value"][0]["salesOrderLines"][0]["lineObjectNumber"],
+            "SKU-100"
+        );
         let bare: Value = client
             .get(format!("{}/salesOrders", fake.company_url()))
             .bearer_auth(access)
@@ -381,7 +501,10 @@ mod tests {
         assert_eq!(bad.status().as_u16(), 400);
         assert_eq!(
             fake.shared.filters(),
-            ["salesOrders lastModifiedDateTime gt 2026-10-20T10:00:00.000Z", "items lastModifiedDateTime gt yesterday"]
+            [
+                "salesOrders lastModifiedDateTime gt 2026-10-20T10:00:00.000Z",
+                "items lastModifiedDateTime gt yesterday"
+            ]
         );
     }
 }

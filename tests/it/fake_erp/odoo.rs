@@ -87,11 +87,39 @@ fn partner(id: i64, name: &str, company: bool, email: &str, phone: &str, written
 
 pub fn partners() -> Vec<Value> {
     vec![
-        partner(7, "Richter Feinkost OHG", true, "einkauf@richter-feinkost.example.de", "+49 351 1234567", "2026-10-01 08:00:00"),
-        partner(8, "Sommer Textil AG", true, "einkauf@sommer-textil.example.com", "+49 351 7654321", "2026-10-01 09:00:00"),
-        partner(21, "Paula Neumann", false, "paula.neumann@example.net", "+49 351 5550001", "2026-10-02 10:00:00"),
+        partner(
+            7,
+            "Richter Feinkost OHG",
+            true,
+            "einkauf@richter-feinkost.example.de",
+            "+49 351 1234567",
+            "2026-10-01 08:00:00",
+        ),
+        partner(
+            8,
+            "Sommer Textil AG",
+            true,
+            "einkauf@sommer-textil.example.com",
+            "+49 351 7654321",
+            "2026-10-01 09:00:00",
+        ),
+        partner(
+            21,
+            "Paula Neumann",
+            false,
+            "paula.neumann@example.net",
+            "+49 351 5550001",
+            "2026-10-02 10:00:00",
+        ),
         // A vendor: it has an e-mail of its own and supplies, never buys.
-        partner(31, "Fluidtechnik Rhein GmbH", true, "vertrieb@fluidtechnik-rhein.example.de", "+49 221 5550100", "2026-09-01 10:00:00"),
+        partner(
+            31,
+            "Fluidtechnik Rhein GmbH",
+            true,
+            "vertrieb@fluidtechnik-rhein.example.de",
+            "+49 221 5550100",
+            "2026-09-01 10:00:00",
+        ),
     ]
 }
 
@@ -108,24 +136,72 @@ fn line(id: i64, order: (i64, &str), product: Value, written: &str, display_type
 
 pub fn sale_order_lines() -> Vec<Value> {
     vec![
-        line(421, (42, "S00042"), json!([140, "[SKU-140] Drucksensor DS-10 bar"]), "2026-10-28 13:06:02", json!(false)),
-        line(422, (42, "S00042"), json!([110, "[SKU-110] Rillenkugellager 6204-2RS"]), "2026-10-28 13:06:02", json!(false)),
+        line(
+            421,
+            (42, "S00042"),
+            json!([140, "[SKU-140] Drucksensor DS-10 bar"]),
+            "2026-10-28 13:06:02",
+            json!(false),
+        ),
+        line(
+            422,
+            (42, "S00042"),
+            json!([110, "[SKU-110] Rillenkugellager 6204-2RS"]),
+            "2026-10-28 13:06:02",
+            json!(false),
+        ),
         // A section heading: the connector's domain leaves it out.
-        line(431, (43, "S00043"), json!(false), "2026-10-29 09:01:00", json!("line_section")),
-        line(432, (43, "S00043"), json!([140, "[SKU-140] Drucksensor DS-10 bar"]), "2026-10-29 09:01:00", json!(false)),
+        line(
+            431,
+            (43, "S00043"),
+            json!(false),
+            "2026-10-29 09:01:00",
+            json!("line_section"),
+        ),
+        line(
+            432,
+            (43, "S00043"),
+            json!([140, "[SKU-140] Drucksensor DS-10 bar"]),
+            "2026-10-29 09:01:00",
+            json!(false),
+        ),
     ]
 }
 
-fn quant(id: i64, product: Value, location: (i64, &str, &str), quantity: f64, reserved: f64) -> Value {
+fn quant(
+    id: i64,
+    product: Value,
+    location: (i64, &str, &str),
+    quantity: f64,
+    reserved: f64,
+) -> Value {
     json!({"id": id, "product_id": product, "location_id": [location.0, location.1], "quantity": quantity, "reserved_quantity": reserved, "write_date": "2026-11-20 06:00:00", RELATED: {"location_id.usage": location.2}})
 }
 
 pub fn stock_quants() -> Vec<Value> {
     vec![
-        quant(301, json!([140, "[SKU-140] Drucksensor DS-10 bar"]), (8, "WH/Stock", "internal"), 4.0, 1.0),
-        quant(302, json!([110, "[SKU-110] Rillenkugellager 6204-2RS"]), (8, "WH/Stock", "internal"), 500.0, 0.0),
+        quant(
+            301,
+            json!([140, "[SKU-140] Drucksensor DS-10 bar"]),
+            (8, "WH/Stock", "internal"),
+            4.0,
+            1.0,
+        ),
+        quant(
+            302,
+            json!([110, "[SKU-110] Rillenkugellager 6204-2RS"]),
+            (8, "WH/Stock", "internal"),
+            500.0,
+            0.0,
+        ),
         // Goods at the customer's: not stock of ours, filtered out by the domain.
-        quant(303, json!([140, "[SKU-140] Drucksensor DS-10 bar"]), (5, "Partners/Customers", "customer"), -6.0, 0.0),
+        quant(
+            303,
+            json!([140, "[SKU-140] Drucksensor DS-10 bar"]),
+            (5, "Partners/Customers", "customer"),
+            -6.0,
+            0.0,
+        ),
     ]
 }
 
@@ -163,7 +239,9 @@ fn holds(record: &Value, condition: &Value) -> Result<bool, String> {
     ) else {
         return Err(format!("Invalid leaf {condition}"));
     };
-    let actual = field_value(record, field).cloned().unwrap_or(Value::Bool(false));
+    let actual = field_value(record, field)
+        .cloned()
+        .unwrap_or(Value::Bool(false));
     Ok(match op {
         "=" => actual == *value,
         "!=" => actual != *value,
@@ -186,18 +264,33 @@ impl Respond for OdooResponder {
         };
         let params = &body["params"];
         if params["service"] != "object" || params["method"] != "execute_kw" {
-            return rpc_error("builtins.NotImplementedError", "only object.execute_kw is served");
+            return rpc_error(
+                "builtins.NotImplementedError",
+                "only object.execute_kw is served",
+            );
         }
         let args = params["args"].as_array().cloned().unwrap_or_default();
         // Odoo casts the uid with int(), so "2" and 2 both log in.
-        let uid = args.get(1).and_then(|uid| uid.as_i64().or_else(|| uid.as_str()?.parse().ok()));
-        if args.first().and_then(Value::as_str) != Some(DB) || uid != Some(UID) || args.get(2).and_then(Value::as_str) != Some(PASSWORD) {
+        let uid = args
+            .get(1)
+            .and_then(|uid| uid.as_i64().or_else(|| uid.as_str()?.parse().ok()));
+        if args.first().and_then(Value::as_str) != Some(DB)
+            || uid != Some(UID)
+            || args.get(2).and_then(Value::as_str) != Some(PASSWORD)
+        {
             return rpc_error("odoo.exceptions.AccessDenied", "Access Denied");
         }
-        let (Some(model), Some("search_read")) = (args.get(3).and_then(Value::as_str), args.get(4).and_then(Value::as_str)) else {
+        let (Some(model), Some("search_read")) = (
+            args.get(3).and_then(Value::as_str),
+            args.get(4).and_then(Value::as_str),
+        ) else {
             return rpc_error("builtins.NotImplementedError", "only search_read is served");
         };
-        let domain = args.get(5).and_then(|a| a.get(0)).cloned().unwrap_or(json!([]));
+        let domain = args
+            .get(5)
+            .and_then(|a| a.get(0))
+            .cloned()
+            .unwrap_or(json!([]));
         let kwargs = args.get(6).cloned().unwrap_or(json!({}));
         self.shared.log_filter(model, &domain.to_string());
         let mut state = self.shared.state();
@@ -217,12 +310,23 @@ impl Respond for OdooResponder {
                 selected.push(record.clone());
             }
         }
-        selected.sort_by(|a, b| (text(a, "write_date"), a["id"].as_i64()).cmp(&(text(b, "write_date"), b["id"].as_i64())));
+        selected.sort_by(|a, b| {
+            (text(a, "write_date"), a["id"].as_i64())
+                .cmp(&(text(b, "write_date"), b["id"].as_i64()))
+        });
         let offset = kwargs["offset"].as_u64().unwrap_or(0) as usize;
-        let limit = kwargs["limit"].as_u64().map_or(usize::MAX, |limit| limit as usize);
+        let limit = kwargs["limit"]
+            .as_u64()
+            .map_or(usize::MAX, |limit| limit as usize);
         let fields: Vec<String> = kwargs["fields"]
             .as_array()
-            .map(|fields| fields.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .map(|fields| {
+                fields
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
         let result: Vec<Value> = selected
             .into_iter()
@@ -232,12 +336,16 @@ impl Respond for OdooResponder {
                 let mut out = Map::new();
                 out.insert("id".to_string(), record["id"].clone());
                 for field in &fields {
-                    out.insert(field.clone(), record.get(field).cloned().unwrap_or(Value::Bool(false)));
+                    out.insert(
+                        field.clone(),
+                        record.get(field).cloned().unwrap_or(Value::Bool(false)),
+                    );
                 }
                 Value::Object(out)
             })
             .collect();
-        ResponseTemplate::new(200).set_body_json(json!({"jsonrpc": "2.0", "id": body["id"], "result": result}))
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"jsonrpc": "2.0", "id": body["id"], "result": result}))
     }
 }
 
@@ -277,17 +385,38 @@ mod tests {
         let fake = FakeOdoo::start().await;
         let domain = json!([["write_date", ">", "2026-09-30 00:00:00"]]);
         let (_, first) = post(&fake, call(PASSWORD, "res.partner", domain.clone(), 0, 2)).await;
-        assert_eq!(first["result"], json!([
-            {"id": 7, "name": "Richter Feinkost OHG", "write_date": "2026-10-01 08:00:00"},
-            {"id": 8, "name": "Sommer Textil AG", "write_date": "2026-10-01 09:00:00"}
-        ]));
+        assert_eq!(
+            first["result"],
+            json!([
+                {"id": 7, "name": "Richter Feinkost OHG", "write_date": "2026-10-01 08:00:00"},
+                {"id": 8, "name": "Sommer Textil AG", "write_date": "2026-10-01 09:00:00"}
+            ])
+        );
         let (_, second) = post(&fake, call(PASSWORD, "res.partner", domain, 2, 2)).await;
         assert_eq!(second["result"].as_array().unwrap().len(), 1);
         assert_eq!(second["result"][0]["id"], 21);
-        let (_, quants) = post(&fake, call(PASSWORD, "stock.quant", json!([["location_id.usage", "=", "internal"]]), 0, 10)).await;
-        let ids: Vec<i64> = quants["result"].as_array().unwrap().iter().map(|q| q["id"].as_i64().unwrap()).collect();
+        let (_, quants) = post(
+            &fake,
+            call(
+                PASSWORD,
+                "stock.quant",
+                json!([["location_id.usage", "=", "internal"]]),
+                0,
+                10,
+            ),
+        )
+        .await;
+        let ids: Vec<i64> = quants["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["id"].as_i64().unwrap())
+            .collect();
         assert_eq!(ids, [301, 302]);
         assert!(quants["result"][0].get(RELATED).is_none());
-        assert_eq!(fake.shared.filters()[0], r#"res.partner [["write_date",">","2026-09-30 00:00:00"]]"#);
+        assert_eq!(
+            fake.shared.filters()[0],
+            r#"res.partner [["write_date",">","2026-09-30 00:00:00"]]"#
+        );
     }
 }

@@ -137,15 +137,56 @@ fn partner(
 
 pub fn business_partners() -> Vec<Value> {
     vec![
-        partner("1000042", "2", "Müller Maschinenbau GmbH", "einkauf@mueller-maschinenbau.example.de", "089 12345101", ("2026-10-01", "PT14H04M56S")),
-        partner("1000043", "2", "Weber & Söhne Werkzeuge GmbH", "info@weber-soehne.example.de", "0662 123456", ("2026-10-02", "PT08H00M00S")),
-        partner("1000044", "2", "Schneider Logistik AG", "dispo@schneider-logistik.example.de", "040 12345303", ("2026-10-02", "PT17H30M00S")),
-        partner("1000077", "1", "Lena Wagner", "lena.wagner@example.com", "0351 4455667", ("2026-10-05", "PT10H15M00S")),
-        partner("1000078", "1", "Jonas Becker", "jonas.becker@example.com", "030 9988776", ("2026-10-07", "PT11H45M30S")),
+        partner(
+            "1000042",
+            "2",
+            "Müller Maschinenbau GmbH",
+            "einkauf@mueller-maschinenbau.example.de",
+            "089 12345101",
+            ("2026-10-01", "PT14H04M56S"),
+        ),
+        partner(
+            "1000043",
+            "2",
+            "Weber & Söhne Werkzeuge GmbH",
+            "info@weber-soehne.example.de",
+            "0662 123456",
+            ("2026-10-02", "PT08H00M00S"),
+        ),
+        partner(
+            "1000044",
+            "2",
+            "Schneider Logistik AG",
+            "dispo@schneider-logistik.example.de",
+            "040 12345303",
+            ("2026-10-02", "PT17H30M00S"),
+        ),
+        partner(
+            "1000077",
+            "1",
+            "Lena Wagner",
+            "lena.wagner@example.com",
+            "0351 4455667",
+            ("2026-10-05", "PT10H15M00S"),
+        ),
+        partner(
+            "1000078",
+            "1",
+            "Jonas Becker",
+            "jonas.becker@example.com",
+            "030 9988776",
+            ("2026-10-07", "PT11H45M30S"),
+        ),
     ]
 }
 
-fn sales_order(id: &str, sold_to: &str, status: &str, changed_ms: i64, items: &[(&str, &str, &str, &str)]) -> Value {
+fn sales_order(
+    id: &str,
+    sold_to: &str,
+    status: &str,
+    changed_ms: i64,
+    items: &[(&str, &str, &str, &str)],
+) -> Value {
     let total: rust_decimal::Decimal = items
         .iter()
         .map(|item| item.3.parse::<rust_decimal::Decimal>().unwrap())
@@ -179,9 +220,30 @@ fn sales_order(id: &str, sold_to: &str, status: &str, changed_ms: i64, items: &[
 
 pub fn sales_orders() -> Vec<Value> {
     vec![
-        sales_order("4000043", "1000042", "A", 1_760_000_000_000, &[("10", "SKU-120", "2.000", "1780.00"), ("20", "SKU-150", "60.000", "750.00")]),
-        sales_order("4000044", "1000043", "C", 1_760_100_000_000, &[("10", "SKU-140", "6.000", "1110.00")]),
-        sales_order("4000045", "1000077", "B", 1_760_200_000_000, &[("10", "SKU-110", "150.000", "720.00")]),
+        sales_order(
+            "4000043",
+            "1000042",
+            "A",
+            1_760_000_000_000,
+            &[
+                ("10", "SKU-120", "2.000", "1780.00"),
+                ("20", "SKU-150", "60.000", "750.00"),
+            ],
+        ),
+        sales_order(
+            "4000044",
+            "1000043",
+            "C",
+            1_760_100_000_000,
+            &[("10", "SKU-140", "6.000", "1110.00")],
+        ),
+        sales_order(
+            "4000045",
+            "1000077",
+            "B",
+            1_760_200_000_000,
+            &[("10", "SKU-110", "150.000", "720.00")],
+        ),
     ]
 }
 
@@ -234,7 +296,8 @@ fn parse_filter(filter: &str) -> Result<Vec<Term>, String> {
         .split(" and ")
         .map(|term| {
             let mut parts = term.trim().splitn(3, ' ');
-            let (Some(property), Some(op), Some(literal)) = (parts.next(), parts.next(), parts.next())
+            let (Some(property), Some(op), Some(literal)) =
+                (parts.next(), parts.next(), parts.next())
             else {
                 return Err(format!("Invalid filter term '{term}'"));
             };
@@ -286,7 +349,11 @@ fn defer_unexpanded(record: &mut Value, expand: &str, uri: &str) {
         return;
     };
     for (name, value) in object.iter_mut() {
-        if name.starts_with("to_") && !expand.split(',').any(|path| path.starts_with(name.as_str())) {
+        if name.starts_with("to_")
+            && !expand
+                .split(',')
+                .any(|path| path.starts_with(name.as_str()))
+        {
             *value = json!({"__deferred": {"uri": format!("{uri}/{name}")}});
         }
     }
@@ -304,18 +371,39 @@ impl Respond for SapResponder {
             .is_some_and(|value| value == AUTHORIZATION);
         if !authorized {
             return ResponseTemplate::new(401)
-                .insert_header("www-authenticate", "Basic realm=\"SAP NetWeaver Application Server\"")
+                .insert_header(
+                    "www-authenticate",
+                    "Basic realm=\"SAP NetWeaver Application Server\"",
+                )
                 .set_body_string("<html><body>Logon failed</body></html>");
         }
-        let set = request.url.path().trim_start_matches(SERVICE_ROOT).trim_start_matches('/').to_string();
+        let set = request
+            .url
+            .path()
+            .trim_start_matches(SERVICE_ROOT)
+            .trim_start_matches('/')
+            .to_string();
         let query: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
-        let param = |name: &str| query.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+        let param = |name: &str| {
+            query
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
         if param("$format").as_deref() != Some("json") {
-            return odata_error(400, "/IWFND/CM_MGW/000", "this fake answers $format=json only");
+            return odata_error(
+                400,
+                "/IWFND/CM_MGW/000",
+                "this fake answers $format=json only",
+            );
         }
         let state = self.shared.state();
         let Some(records) = state.entity_set(&set) else {
-            return odata_error(404, "/IWFND/MED/170", &format!("No service found for namespace '', name '{set}'"));
+            return odata_error(
+                404,
+                "/IWFND/MED/170",
+                &format!("No service found for namespace '', name '{set}'"),
+            );
         };
         let terms = match param("$filter") {
             Some(filter) => {
@@ -343,7 +431,12 @@ impl Respond for SapResponder {
             .take(PAGE_SIZE)
             .map(|record| {
                 let mut record = record.clone();
-                let key = record.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap_or("").to_string();
+                let key = record
+                    .as_object()
+                    .and_then(|o| o.values().next())
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 let meta = metadata(&state.base_uri, &set, &format!("'{key}'"));
                 let uri = meta["uri"].as_str().unwrap_or("").to_string();
                 defer_unexpanded(&mut record, &expand, &uri);
@@ -355,7 +448,8 @@ impl Respond for SapResponder {
             .collect();
         let mut d = json!({"results": page});
         if skip + PAGE_SIZE < selected.len() {
-            let mut next = reqwest::Url::parse(&format!("{}{}", state.base_uri, request.url.path())).unwrap();
+            let mut next =
+                reqwest::Url::parse(&format!("{}{}", state.base_uri, request.url.path())).unwrap();
             {
                 let mut pairs = next.query_pairs_mut();
                 for (key, value) in query.iter().filter(|(key, _)| key != "$skiptoken") {
@@ -391,17 +485,35 @@ mod tests {
     #[tokio::test]
     async fn pages_with_an_absolute_next_link_that_keeps_the_query() {
         let fake = FakeSap::start().await;
-        let (status, first) = get(&fake, "/sap/opu/odata/sap/API_BUSINESS_PARTNER/A_BusinessPartner?$format=json").await;
+        let (status, first) = get(
+            &fake,
+            "/sap/opu/odata/sap/API_BUSINESS_PARTNER/A_BusinessPartner?$format=json",
+        )
+        .await;
         assert_eq!(status, 200);
         assert_eq!(first["d"]["results"].as_array().unwrap().len(), 2);
         let next = first["d"]["__next"].as_str().unwrap();
         assert_eq!(
             next,
-            format!("{}/sap/opu/odata/sap/API_BUSINESS_PARTNER/A_BusinessPartner?%24format=json&%24skiptoken=2", fake.server.uri())
+            format!(
+                "{}/sap/opu/odata/sap/API_BUSINESS_PARTNER/A_BusinessPartner?%24format=json&%24skiptoken=2",
+                fake.server.uri()
+            )
         );
-        assert_eq!(first["d"]["results"][0]["to_BusinessPartnerAddress"]["__deferred"]["uri"],
-            format!("{}/sap/opu/odata/sap/API_BUSINESS_PARTNER/A_BusinessPartner('1000042')/to_BusinessPartnerAddress", fake.server.uri()));
-        let (_, last) = get(&fake, &next[fake.server.uri().len()..].replace("%24", "$").replace("skiptoken=2", "skiptoken=4")).await;
+        assert_eq!(
+            first["d"]["results"][0]["to_BusinessPartnerAddress"]["__deferred"]["uri"],
+            format!(
+                "{}/sap/opu/odata/sap/API_BUSINESS_PARTNER/A_BusinessPartner('1000042')/to_BusinessPartnerAddress",
+                fake.server.uri()
+            )
+        );
+        let (_, last) = get(
+            &fake,
+            &next[fake.server.uri().len()..]
+                .replace("%24", "$")
+                .replace("skiptoken=2", "skiptoken=4"),
+        )
+        .await;
         assert_eq!(last["d"]["results"][0]["BusinessPartner"], "1000078");
         assert!(last["d"].get("__next").is_none());
     }
@@ -413,10 +525,24 @@ mod tests {
         let (_, body) = get(&fake, &format!(
             "/sap/opu/odata/sap/API_BUSINESS_PARTNER/A_BusinessPartner?$format=json&$expand=to_BusinessPartnerAddress/to_EmailAddress&$filter=LastChangeDate gt datetime'{cursor}'"
         )).await;
-        let ids: Vec<&str> = body["d"]["results"].as_array().unwrap().iter().map(|r| r["BusinessPartner"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = body["d"]["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["BusinessPartner"].as_str().unwrap())
+            .collect();
         assert_eq!(ids, ["1000043", "1000044"]);
-        assert_eq!(body["d"]["results"][0]["to_BusinessPartnerAddress"]["results"][0]["to_EmailAddress"]["results"][0]["EmailAddress"], "info@weber-soehne.example.de");
-        assert_eq!(fake.shared.filters(), [format!("API_BUSINESS_PARTNER/A_BusinessPartner LastChangeDate gt datetime'{cursor}'")]);
+        assert_eq!(
+            body["d"]["results"][0]["to_BusinessPartnerAddress"]["results"][0]["to_EmailAddress"]["results"]
+                [0]["EmailAddress"],
+            "info@weber-soehne.example.de"
+        );
+        assert_eq!(
+            fake.shared.filters(),
+            [format!(
+                "API_BUSINESS_PARTNER/A_BusinessPartner LastChangeDate gt datetime'{cursor}'"
+            )]
+        );
     }
 
     #[tokio::test]
@@ -424,12 +550,23 @@ mod tests {
         let fake = FakeSap::start().await;
         let (_, body) = get(&fake, "/sap/opu/odata/sap/API_MATERIAL_STOCK_SRV/A_MatlStkInAcctMod?$format=json&$filter=InventoryStockType eq '01'").await;
         assert_eq!(body["d"]["results"].as_array().unwrap().len(), 2);
-        assert!(body["d"]["__next"].as_str().unwrap().ends_with("%24skiptoken=2"));
+        assert!(
+            body["d"]["__next"]
+                .as_str()
+                .unwrap()
+                .ends_with("%24skiptoken=2")
+        );
         let (status, error) = get(&fake, "/sap/opu/odata/sap/API_BUSINESS_PARTNER/A_Supplier?$format=json&$filter=Nonsense eq 'x'").await;
         assert_eq!(status, 400);
-        assert_eq!(error["error"]["message"]["value"], "Property Nonsense not found");
+        assert_eq!(
+            error["error"]["message"]["value"],
+            "Property Nonsense not found"
+        );
         let unauthorized = client()
-            .get(format!("{}/sap/opu/odata/sap/API_BUSINESS_PARTNER/A_Supplier?$format=json", fake.server.uri()))
+            .get(format!(
+                "{}/sap/opu/odata/sap/API_BUSINESS_PARTNER/A_Supplier?$format=json",
+                fake.server.uri()
+            ))
             .basic_auth(USER, Some("wrong"))
             .send()
             .await
