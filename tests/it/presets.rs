@@ -352,3 +352,22 @@ async fn odoo_preset_reports_a_wrong_password_from_the_error_member() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn sap_s4_preset_fails_the_run_on_rejected_credentials_without_showing_them() {
+    let fake = sap::FakeSap::start().await;
+    let uri = fake.server.uri();
+    let project = project(
+        "sap_s4",
+        &[
+            ("${SAP_BASE_URL}", &uri),
+            ("${SAP_USER}", sap::USER),
+            ("${SAP_PASSWORD}", "wrong-password"),
+        ],
+        &["business_partners"],
+    );
+    let config = load(project.path(), "config/presets.toml");
+    let error = pipeline::run(&config, None).await.unwrap_err().to_string();
+    assert!(error.contains("HTTP 401"), "{error}");
+    assert!(!error.contains("wrong-password"), "{error}");
+}
