@@ -61,7 +61,12 @@ pub enum Command {
         limit: i64,
     },
     /// Checks the config, every connector and every mapping; reports all errors at once.
-    Validate,
+    Validate {
+        /// Also probe every source and the bus (read-only: one page per HTTP stream, a
+        /// directory listing per file connector, an AMQP connection without declarations).
+        #[arg(long)]
+        check_connections: bool,
+    },
     /// Runs the `[[test]]` cases of every mapping (or of the named ones).
     Test {
         /// Mapping ids to test; all when empty.
@@ -152,7 +157,7 @@ pub async fn execute(cli: Cli) -> u8 {
         }
     };
     match cli.command {
-        Command::Validate => {
+        Command::Validate { check_connections } => {
             println!(
                 "{}: ok ({} connectors, {} mappings, {} jobs)",
                 cli.config.display(),
@@ -160,7 +165,11 @@ pub async fn execute(cli: Cli) -> u8 {
                 config.mappings.len(),
                 config.jobs.len()
             );
-            EXIT_OK
+            if check_connections {
+                check_connections_of(&config).await
+            } else {
+                EXIT_OK
+            }
         }
         Command::Run { job } => run(&config, job.as_deref()).await,
         Command::Daemon { grace } => daemon(&config, grace).await,
@@ -177,6 +186,86 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Quarantine {
             command: QuarantineCommand::List { limit },
         } => list_quarantine(&config, limit).await,
+    }
+}
+
+/// Probes every source and the bus; prints one line each and fails (exit 2) when any is
+/// unreachable.
+async fn check_connections_of(config: &Config) -> u8 {
+    use crate::source::Source;
+    let mut failed = 0usize;
+    let mut report = |what: String, outcome: Result<String, String>| match outcome {
+        Ok(detail) => println!("ok     {what}: {detail}"),
+        Err(error) => {
+            failed += 1;
+            println!("FAILED {what}: {error}");
+        }
+    };
+    for connector in config.connectors.values() {
+        match &connector.transport {
+            Transport::File(file) => {
+                let outcome = match std::fs::read_dir(&file.dir) {
+                    Ok(entries) => Ok(format!(
+                        "{} readable ({} entries)",
+                        file.dir.display(),
+                        entries.count()
+                    )),
+                    Err(error) => Err(format!("{}: {error}", file.dir.display())),
+                };
+                report(format!("connector {}", connector.id), outcome);
+            }
+            Transport::Http(http) => {
+                for stream in &http.streams {
+                    let location = format!("{}/{}", connector.id, stream.name);
+                    let outcome = match crate::source::http::HttpSource::new(
+                        stream.settings.clone(),
+                        None,
+                        &location,
+                    ) {
+                        Err(error) => Err(error.to_string()),
+                        Ok(mut source) => match source.next_batch().await {
+                            Ok(Some(batch)) => {
+                                Ok(format!("first page has {} records", batch.items.len()))
+                            }
+                            Ok(None) => Ok("no records".to_string()),
+                            Err(error) => Err(error.to_string()),
+                        },
+                    };
+                    report(format!("stream {location}"), outcome);
+                }
+            }
+        }
+    }
+    match &config.feed.sink {
+        crate::config::SinkConfig::Amqp { url, exchange } => {
+            let sink = crate::sink::amqp::AmqpSink::new(url.clone(), exchange.clone());
+            let outcome = sink
+                .probe()
+                .await
+                .map(|()| "connected".to_string())
+                .map_err(|e| e.to_string());
+            report(
+                format!("feed {}", crate::sink::amqp::redact_url(url)),
+                outcome,
+            );
+        }
+        crate::config::SinkConfig::File { path } => {
+            let parent = path.parent().unwrap_or(path);
+            report(
+                format!("feed {}", path.display()),
+                Ok(if parent.is_dir() {
+                    "directory exists".to_string()
+                } else {
+                    "directory is created on the first run".to_string()
+                }),
+            );
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} connection check(s) failed");
+        EXIT_RUNTIME
+    } else {
+        EXIT_OK
     }
 }
 

@@ -23,8 +23,10 @@ pub const EVENTS_DELIVERED: &str = "conflux_events_delivered_total";
 pub const EVENTS_PENDING: &str = "conflux_events_pending";
 pub const RUN_DURATION: &str = "conflux_run_duration_seconds";
 pub const JOB_LAST_SUCCESS: &str = "conflux_job_last_success_timestamp_seconds";
+/// Labelled by status; it appears in the exposition with the first retry.
+pub const HTTP_RETRIES: &str = "conflux_http_retries_total";
 
-/// Every metric name, for checks that the exposition lists them all.
+/// Every metric exposed from start-up, for checks that the exposition lists them all.
 pub const ALL: [&str; 7] = [
     RECORDS_READ,
     RECORDS_MAPPED,
@@ -55,7 +57,18 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Counts one retried HTTP request, labelled by the status that caused it (`connect` when no
+/// response arrived).
+pub fn http_retry(status: Option<u16>) {
+    let status = status.map_or_else(|| "connect".to_string(), |s| s.to_string());
+    counter!(HTTP_RETRIES, "status" => status).increment(1);
+}
+
 fn describe() {
+    describe_counter!(
+        HTTP_RETRIES,
+        "HTTP requests retried, by the status that caused it."
+    );
     describe_counter!(RECORDS_READ, "Records read from sources.");
     describe_counter!(RECORDS_MAPPED, "Records mapped to canonical records.");
     describe_counter!(RECORDS_QUARANTINED, "Records quarantined.");
@@ -160,6 +173,25 @@ mod tests {
         );
         assert!(
             !text.contains("conflux_records_read_total{job=\"metrics-test-failed\"}"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn http_retries_are_counted_by_status() {
+        let handle = install();
+        // 599 is used by no other test; HTTP source tests in this process may count 503s
+        // and connection failures concurrently.
+        http_retry(Some(599));
+        http_retry(Some(599));
+        http_retry(None);
+        let text = handle.render();
+        assert!(
+            text.contains("conflux_http_retries_total{status=\"599\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("conflux_http_retries_total{status=\"connect\"} "),
             "{text}"
         );
     }

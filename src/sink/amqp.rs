@@ -109,6 +109,30 @@ impl AmqpSink {
         Ok(channel)
     }
 
+    /// Connects and opens a channel without declaring or publishing anything, then closes:
+    /// `validate --check-connections` uses it to tell whether the broker is reachable.
+    pub async fn probe(&self) -> Result<(), SinkError> {
+        let connect = async {
+            let connection = Connection::connect(&self.url, ConnectionProperties::default())
+                .await
+                .map_err(|e| SinkError::Unreachable {
+                    destination: self.describe(),
+                    reason: self.scrub(&e.to_string()),
+                })?;
+            let opened = connection.create_channel().await;
+            let _ = connection.close(200, "probe done".into()).await;
+            opened
+                .map(|_| ())
+                .map_err(|e| self.io_error(format!("cannot open a channel: {e}")))
+        };
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| SinkError::Unreachable {
+                destination: self.describe(),
+                reason: format!("no connection within {}", humanize(self.connect_timeout)),
+            })?
+    }
+
     async fn open_session(&self) -> Result<Session, SinkError> {
         let connection = Connection::connect(&self.url, ConnectionProperties::default())
             .await

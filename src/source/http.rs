@@ -488,10 +488,15 @@ impl HttpSource {
             if started.elapsed() + delay > budget {
                 return Err(exhausted(error, budget));
             }
+            let status = match &error {
+                SourceError::Http { status, .. } => *status,
+                _ => None,
+            };
+            crate::metrics::http_retry(status);
             tracing::warn!(
                 error = %error,
                 delay_ms = delay.as_millis() as u64,
-                "request failed; retrying"
+                "Request failed; retrying."
             );
             tokio::time::sleep(delay).await;
         }

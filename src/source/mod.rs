@@ -7,12 +7,14 @@
 //! position never runs ahead of what is durably stored.
 //!
 //! Transports: [`file::FileSource`] (CSV, JSON, NDJSON, XML drops in a directory) and
-//! [`http::HttpSource`] (paged REST, OData and JSON-RPC APIs, JSON or XML bodies).
+//! [`http::HttpSource`] (paged REST, OData and JSON-RPC APIs, JSON or XML bodies) and
+//! [`sql::SqlSource`] (a SELECT against PostgreSQL, MySQL/MariaDB or SQLite).
 
 pub mod csv;
 pub mod file;
 pub mod http;
 pub mod json;
+pub mod sql;
 pub mod xml;
 
 use async_trait::async_trait;
@@ -106,6 +108,9 @@ pub enum SourceError {
         status: Option<u16>,
         message: String,
     },
+    /// Connecting to a database or running its query failed. `url` has its password masked.
+    #[error("{url}: {message}")]
+    Database { url: String, message: String },
 }
 
 fn http_failure(status: Option<u16>, message: &str) -> String {

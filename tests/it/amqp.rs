@@ -248,3 +248,54 @@ fn amqp_demo_config_restore(project: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace(from, to)).unwrap();
 }
+
+#[tokio::test]
+async fn check_connections_reaches_the_broker_without_declaring_anything() {
+    let Some(url) = amqp_url() else { return };
+    let project = project_copy();
+    let exchange = format!("conflux.test.{}", uuid::Uuid::now_v7());
+    amqp_demo_config(project.path(), &url, &exchange, "10s");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_conflux"))
+        .args([
+            "validate",
+            "--check-connections",
+            "--config",
+            "config/demo.toml",
+        ])
+        .current_dir(project.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("ok     connector demo_sap:"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ok     feed amqp://") && l.ends_with("connected")),
+        "{stdout}"
+    );
+    // The probe declared nothing: a passive declare of the exchange fails.
+    let connection = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let passive = channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert!(passive.is_err(), "the probe must not create the exchange");
+}

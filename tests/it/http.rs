@@ -242,3 +242,51 @@ mapping = "sap.partnr"
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn check_connections_probes_each_stream_and_the_bus_and_fails_on_an_unreachable_one() {
+    let server = MockServer::start().await;
+    let entity = "/sap/opu/odata/sap/API_BUSINESS_PARTNER/A_BusinessPartner";
+    Mock::given(method("GET"))
+        .and(path(entity))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "d": { "results": [ partner("1000001", "Müller GmbH", "einkauf@mueller.example.de", "2024-05-01T08:00:00Z") ] }
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let amqp_config = CONFIG.replace(
+        "sink = \"file\"\npath = \".conflux/feed.ndjson\"",
+        "sink = \"amqp\"\namqp = { url = \"amqp://guest:s3cret-pw@127.0.0.1:1/%2f\" }",
+    );
+    let project = project_with(&[
+        ("config/http.toml", amqp_config.as_bytes()),
+        ("connectors/sap.toml", connector(&server.uri()).as_bytes()),
+        ("mappings/sap.partner.toml", MAPPING.as_bytes()),
+    ]);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_conflux"))
+        .args([
+            "validate",
+            "--check-connections",
+            "--config",
+            "config/http.toml",
+        ])
+        .current_dir(project.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("ok     stream sap/partners: first page has 1 records"),
+        "{stdout}"
+    );
+    let feed_line = stdout.lines().find(|l| l.contains("feed amqp://")).unwrap();
+    assert!(feed_line.starts_with("FAILED "), "{stdout}");
+    assert!(!stdout.contains("s3cret-pw"), "no password in {stdout}");
+    assert!(
+        !std::path::Path::new(&project.path().join(".conflux")).exists(),
+        "probing writes nothing"
+    );
+    server.verify().await;
+}
