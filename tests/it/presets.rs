@@ -371,3 +371,31 @@ async fn sap_s4_preset_fails_the_run_on_rejected_credentials_without_showing_the
     assert!(error.contains("HTTP 401"), "{error}");
     assert!(!error.contains("wrong-password"), "{error}");
 }
+
+#[tokio::test]
+async fn check_connections_skips_presets_no_job_uses_so_their_variables_may_be_unset() {
+    let project = project_copy();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_conflux"))
+        .args([
+            "validate",
+            "--check-connections",
+            "--config",
+            "config/demo.toml",
+        ])
+        .current_dir(project.path())
+        .env_remove("SAP_BASE_URL")
+        .env_remove("BC_COMPANY_URL")
+        .env_remove("ODOO_URL")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    for preset in ["business_central", "odoo", "sap_s4"] {
+        assert!(
+            stdout.contains(&format!("skip   connector {preset}: no job syncs it")),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("ok     connector demo_sap:"), "{stdout}");
+}
