@@ -189,8 +189,9 @@ pub async fn execute(cli: Cli) -> u8 {
     }
 }
 
-/// Probes every source and the bus; prints one line each and fails (exit 2) when any is
-/// unreachable.
+/// Probes every source a job syncs and the bus; prints one line each and fails (exit 2) when
+/// any is unreachable. Connectors no job uses are skipped: they are validated leniently, so
+/// their `${VAR}` references may be unset (shipped presets waiting for their credentials).
 async fn check_connections_of(config: &Config) -> u8 {
     use crate::source::Source;
     let mut failed = 0usize;
@@ -201,7 +202,16 @@ async fn check_connections_of(config: &Config) -> u8 {
             println!("FAILED {what}: {error}");
         }
     };
+    let used: std::collections::BTreeSet<&str> = config
+        .jobs
+        .iter()
+        .flat_map(|job| job.streams.iter().map(|stream| stream.connector.as_str()))
+        .collect();
     for connector in config.connectors.values() {
+        if !used.contains(connector.id.as_str()) {
+            println!("skip   connector {}: no job syncs it", connector.id);
+            continue;
+        }
         match &connector.transport {
             Transport::File(file) => {
                 let outcome = match std::fs::read_dir(&file.dir) {

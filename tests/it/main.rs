@@ -1,6 +1,7 @@
 //! conflux's integration tests: one binary, one module per capability.
 
 mod common;
+mod fake_erp;
 
 mod amqp; // the feed on the real RabbitMQ: delivery, routing, outage and catch-up
 mod bad_input; // broken CSV rows, truncated XML, wrong types: quarantined, the rest flows
@@ -9,6 +10,7 @@ mod daemon; // scheduled runs, ops endpoints, shutdown by signal, `conflux runs`
 mod demo; // the bundled demo end to end on SQLite + NDJSON, and idempotent re-runs
 mod http; // kind = "http" connectors end to end: paging, incremental cursor, failures
 mod identity; // stable ids across runs, merges into the older id, splits
+mod presets; // SAP, Business Central and Odoo presets end to end against fake servers
 mod samples; // real public ERP payloads through the shipped mappings
 mod schema; // the committed JSON Schema of the feed matches the types
 mod sql; // kind = "sql" connectors against PostgreSQL: bound watermark, incremental runs
