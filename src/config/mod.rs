@@ -701,7 +701,7 @@ batch_size = 50
                 "connectors/erp.toml:1:8: unknown connector kind \"fiel\"; did you mean \
                  \"file\"?",
                 "connectors/queue.toml:1:8: unknown connector kind \"kafka\"; supported \
-                 kinds: \"file\", \"http\"",
+                 kinds: \"file\", \"http\", \"sql\"",
                 "connectors/shop.toml:1:8: unknown connector kind \"htp\"; did you mean \
                  \"http\"?",
             ]
