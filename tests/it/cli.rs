@@ -263,6 +263,7 @@ fn the_readme_examples_validate_and_their_mapping_tests_pass() {
             "config/conflux.toml",
             "connectors/sap_idoc.toml",
             "connectors/sap_s4.toml",
+            "connectors/erp_db.toml",
             "mappings/sap_idoc.customer.toml"
         ]
     );
