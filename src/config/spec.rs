@@ -276,6 +276,11 @@ pub struct IncrementalSpec {
     pub template: String,
     /// The cursor of the very first run; without it the first run is unfiltered.
     pub initial: Option<String>,
+    /// Makes the cursor a date-time written into the filter with this strftime format, in
+    /// UTC: `"%Y-%m-%dT%H:%M:%S"` (SAP `datetime'…'`), `"%Y-%m-%d %H:%M:%S"` (Odoo).
+    pub format: Option<String>,
+    /// With a date-time cursor: re-read this far behind it, e.g. "10m".
+    pub lookback: Option<Spanned<String>>,
 }
 
 /// `connectors/<id>.toml` with `kind = "sql"`: a source database read with the operator's

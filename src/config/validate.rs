@@ -1055,12 +1055,40 @@ fn check_http_connector(
                     );
                     None
                 } else {
-                    Some(Some(crate::source::http::Incremental {
-                        fields: inc.fields.clone(),
-                        param: inc.param.clone(),
-                        template: inc.template.clone(),
-                        initial: inc.initial.clone(),
-                    }))
+                    let lookback = match &inc.lookback {
+                        None => Some(None),
+                        Some(text) => checker
+                            .text(text)
+                            .and_then(|text| parse_duration(&text, "lookback", checker))
+                            .map(Some),
+                    };
+                    let format = match &inc.format {
+                        Some(format) => {
+                            let probe =
+                                jiff::Timestamp::UNIX_EPOCH.to_zoned(jiff::tz::TimeZone::UTC);
+                            match jiff::fmt::strtime::format(format, &probe) {
+                                Ok(_) => Some(Some(format.clone())),
+                                Err(error) => {
+                                    checker.error(
+                                        stream.name.span().start,
+                                        format!("incremental format {format:?} is not a strftime format: {error}"),
+                                    );
+                                    None
+                                }
+                            }
+                        }
+                        None => Some(None),
+                    };
+                    (|| {
+                        Some(Some(crate::source::http::Incremental {
+                            fields: inc.fields.clone(),
+                            param: inc.param.clone(),
+                            template: inc.template.clone(),
+                            initial: inc.initial.clone(),
+                            format: format?,
+                            lookback: lookback?,
+                        }))
+                    })()
                 }
             }
         };

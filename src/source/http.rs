@@ -133,6 +133,20 @@ pub struct Incremental {
     pub template: String,
     /// Cursor of the first run; `None` sends no filter until a cursor is stored.
     pub initial: Option<String>,
+    /// Makes the cursor an instant: each record's cursor fields are read as a date-time
+    /// (ISO 8601, SAP `/Date(ms)/`, Odoo `YYYY-MM-DD HH:MM:SS`; a second field may add a time
+    /// of day, SAP `PT14H04M56S` or `14:04:56`), the stored cursor is RFC 3339 UTC, and
+    /// `{cursor}` is written with this strftime format in UTC (e.g. `%Y-%m-%dT%H:%M:%S`).
+    pub format: Option<String>,
+    /// With `format`: the filter asks for changes since the cursor minus this, so records
+    /// that arrive late with an older stamp are still read (unchanged ones publish nothing).
+    pub lookback: Option<Duration>,
+}
+
+impl Incremental {
+    fn instant(&self) -> bool {
+        self.format.is_some() || self.lookback.is_some()
+    }
 }
 
 /// Everything one HTTP stream needs; see the module documentation.
@@ -236,7 +250,18 @@ impl HttpSource {
                 SourceError::Config(format!("cannot build the HTTP client: {error}"))
             })?;
         let cursor = match &settings.incremental {
-            Some(incremental) => cursor.or_else(|| incremental.initial.clone()),
+            Some(incremental) => match cursor.or_else(|| incremental.initial.clone()) {
+                Some(text) if incremental.instant() => Some(
+                    parse_instant(&text, None)
+                        .ok_or_else(|| {
+                            SourceError::Config(format!(
+                                "{location}: the cursor {text:?} is not a date-time"
+                            ))
+                        })?
+                        .to_string(),
+                ),
+                other => other,
+            },
             None => None,
         };
         Ok(HttpSource {
@@ -344,8 +369,9 @@ impl HttpSource {
             Paging::OffsetLimit { limit, .. } => (page + 1, offset, Some(*limit)),
             _ => (page + 1, offset, None),
         };
+        let filter_cursor = self.filter_cursor();
         let vars = Vars {
-            cursor: self.cursor.clone().unwrap_or_default(),
+            cursor: filter_cursor.clone().unwrap_or_default(),
             offset,
             limit,
             page: page_number,
@@ -357,7 +383,7 @@ impl HttpSource {
                 for (name, value) in &settings.query {
                     query.push((name.clone(), vars.fill(value)));
                 }
-                if let (Some(incremental), Some(cursor)) = (&settings.incremental, &self.cursor) {
+                if let (Some(incremental), Some(cursor)) = (&settings.incremental, &filter_cursor) {
                     let filter = incremental.template.replace("{cursor}", cursor);
                     query.push((incremental.param.clone(), filter));
                 }
@@ -829,6 +855,29 @@ impl HttpSource {
         Ok(next)
     }
 
+    /// The cursor as the filter writes it: the stored one, or for instant cursors that
+    /// instant minus the lookback in the configured format.
+    fn filter_cursor(&self) -> Option<String> {
+        let incremental = self.settings.incremental.as_ref()?;
+        let cursor = self.cursor.as_ref()?;
+        if !incremental.instant() {
+            return Some(cursor.clone());
+        }
+        let instant = cursor.parse::<jiff::Timestamp>().ok()?;
+        let since = match incremental.lookback {
+            Some(lookback) => jiff::SignedDuration::try_from(lookback)
+                .ok()
+                .and_then(|back| instant.checked_sub(back).ok())
+                .unwrap_or(instant),
+            None => instant,
+        };
+        let format = incremental
+            .format
+            .as_deref()
+            .unwrap_or("%Y-%m-%dT%H:%M:%SZ");
+        jiff::fmt::strtime::format(format, &since.to_zoned(jiff::tz::TimeZone::UTC)).ok()
+    }
+
     /// Raises the run's cursor to the largest cursor among `items`.
     fn track_cursor(&mut self, items: &[RawItem]) {
         let Some(incremental) = &self.settings.incremental else {
@@ -838,6 +887,21 @@ impl HttpSource {
             let RawItem::Record(record) = item else {
                 continue;
             };
+            if incremental.instant() {
+                let Some(instant) = record_instant(&record.value, &incremental.fields) else {
+                    continue;
+                };
+                let later = match &self.max_cursor {
+                    None => true,
+                    Some(max) => max
+                        .parse::<jiff::Timestamp>()
+                        .is_ok_and(|max| instant > max),
+                };
+                if later {
+                    self.max_cursor = Some(instant.to_string());
+                }
+                continue;
+            }
             let Some(cursor) = record_cursor(&record.value, &incremental.fields) else {
                 continue;
             };
@@ -1081,6 +1145,67 @@ fn lookup_mut<'a>(value: &'a mut Value, path: &str) -> Option<&'a mut Value> {
     members
         .get_mut(&path[..dot])
         .and_then(|inner| lookup_mut(inner, &path[dot + 1..]))
+}
+
+/// A record's cursor as an instant: the first field a date-time, an optional second field a
+/// time of day added to it.
+fn record_instant(record: &Value, fields: &[String]) -> Option<jiff::Timestamp> {
+    let text_of = |field: &String| match lookup(record, field)? {
+        Value::String(text) if !text.is_empty() => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    };
+    let date = text_of(fields.first()?)?;
+    let time = match fields.get(1) {
+        Some(field) => Some(text_of(field)?),
+        None => None,
+    };
+    parse_instant(&date, time.as_deref())
+}
+
+/// A date-time in any form the mapper reads (ISO 8601, SAP `/Date(ms)/`, Odoo), plus an
+/// optional time of day (`PT14H04M56S` or `14:04:56`).
+fn parse_instant(date: &str, time: Option<&str>) -> Option<jiff::Timestamp> {
+    let base = crate::mapper::coerce::datetime(
+        &Value::String(date.to_string()),
+        &crate::mapper::coerce::DateFormat::Auto,
+    )
+    .ok()??;
+    let Some(time) = time else {
+        return Some(base);
+    };
+    let seconds = if let Some(rest) = time.strip_prefix("PT") {
+        let mut total = 0i64;
+        let mut number = String::new();
+        for c in rest.chars() {
+            match c {
+                '0'..='9' => number.push(c),
+                'H' | 'M' | 'S' => {
+                    let n: i64 = number.parse().ok()?;
+                    number.clear();
+                    total += n * match c {
+                        'H' => 3600,
+                        'M' => 60,
+                        _ => 1,
+                    };
+                }
+                _ => return None,
+            }
+        }
+        total
+    } else {
+        let parts: Vec<i64> = time
+            .split(':')
+            .map(|p| p.parse().ok())
+            .collect::<Option<_>>()?;
+        match parts.as_slice() {
+            [h, m, s] => h * 3600 + m * 60 + s,
+            [h, m] => h * 3600 + m * 60,
+            _ => return None,
+        }
+    };
+    base.checked_add(jiff::SignedDuration::from_secs(seconds))
+        .ok()
 }
 
 /// A record's cursor: its cursor fields' values concatenated, or `None` when one is missing.
@@ -1974,7 +2099,71 @@ mod tests {
             param: "$filter".to_string(),
             template: "LastChangeDateTime gt datetimeoffset'{cursor}'".to_string(),
             initial: initial.map(str::to_string),
+            format: None,
+            lookback: None,
         })
+    }
+
+    #[tokio::test]
+    async fn instant_cursors_read_sap_date_and_time_and_write_the_filter_with_lookback() {
+        let server = MockServer::start().await;
+        // 2024-05-01 = 1714521600000 ms; with PT08H00M00S that is 08:00 UTC.
+        Mock::given(method("GET"))
+            .and(path("/partners"))
+            .and(query_param(
+                "$filter",
+                "LastChangeDate ge datetime'2024-04-30T23:50:00'",
+            ))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "d": { "results": [
+                { "id": 1, "LastChangeDate": "/Date(1714521600000)/", "LastChangeTime": "PT08H00M00S" },
+                { "id": 2, "LastChangeDate": "/Date(1714608000000)/", "LastChangeTime": "PT07H30M15S" },
+                { "id": 3, "LastChangeDate": "/Date(1714521600000)/", "LastChangeTime": "PT23H59M59S" },
+            ] } })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let mut settings = settings(&server, "/partners");
+        settings.records = Some("d.results".to_string());
+        settings.incremental = Some(Incremental {
+            fields: vec!["LastChangeDate".to_string(), "LastChangeTime".to_string()],
+            param: "$filter".to_string(),
+            template: "LastChangeDate ge datetime'{cursor}'".to_string(),
+            initial: None,
+            format: Some("%Y-%m-%dT%H:%M:%S".to_string()),
+            lookback: Some(Duration::from_secs(600)),
+        });
+        let mut source =
+            HttpSource::new(settings, Some("2024-05-01T00:00:00Z".to_string()), "sap/bp").unwrap();
+        let batch = source.next_batch().await.unwrap().unwrap();
+        assert_eq!(
+            batch.checkpoint,
+            Checkpoint::Cursor("2024-05-02T07:30:15Z".to_string()),
+            "the latest instant, compared as instants, stored as RFC 3339 UTC"
+        );
+        server.verify().await;
+    }
+
+    #[test]
+    fn instants_parse_from_erp_forms() {
+        let at = |date: &str, time: Option<&str>| parse_instant(date, time).map(|t| t.to_string());
+        assert_eq!(
+            at("/Date(1714521600000)/", Some("PT14H04M56S")).as_deref(),
+            Some("2024-05-01T14:04:56Z")
+        );
+        assert_eq!(
+            at("2024-05-01 10:20:30", None).as_deref(),
+            Some("2024-05-01T10:20:30Z")
+        );
+        assert_eq!(
+            at("2024-05-01", Some("14:04:56")).as_deref(),
+            Some("2024-05-01T14:04:56Z")
+        );
+        assert_eq!(
+            at("/Date(1714521600000+0000)/", None).as_deref(),
+            Some("2024-05-01T00:00:00Z")
+        );
+        assert_eq!(at("yesterday", None), None);
+        assert_eq!(at("2024-05-01", Some("PT14X")), None);
     }
 
     #[tokio::test]
@@ -2141,6 +2330,8 @@ mod tests {
             param: String::new(),
             template: "{cursor}".to_string(),
             initial: Some("2024-01-01 00:00:00".to_string()),
+            format: None,
+            lookback: None,
         });
         let mut source = HttpSource::new(settings, None, "odoo/partners").unwrap();
         let first = source.next_batch().await.unwrap().unwrap();

@@ -118,18 +118,20 @@ async fn sap_s4_preset_syncs_partners_orders_stock_and_suppliers_then_only_chang
     );
 
     let second = run(dir).await;
-    let partner_cursor = format!("{}PT11H45M30S", sap::sap_date("2026-10-07"));
+    // The partner cursor is 2026-10-07 11:45:30 (LastChangeDate + LastChangeTime); SAP filters
+    // that date from midnight. The order cursor /Date(1760200000000+0000)/ is written in ISO.
     assert_eq!(
         since(fake.shared.filters(), first_filters.len()),
         [
-            format!("API_BUSINESS_PARTNER/A_BusinessPartner LastChangeDate gt datetime'{partner_cursor}'"),
-            "API_SALES_ORDER_SRV/A_SalesOrder LastChangeDateTime gt datetimeoffset'/Date(1760200000000+0000)/'".to_string(),
+            "API_BUSINESS_PARTNER/A_BusinessPartner LastChangeDate ge datetime'2026-10-07T00:00:00'".to_string(),
+            "API_SALES_ORDER_SRV/A_SalesOrder LastChangeDateTime gt datetimeoffset'2025-10-11T16:26:40Z'".to_string(),
             "API_MATERIAL_STOCK_SRV/A_MatlStkInAcctMod InventoryStockType eq '01'".to_string(),
             "API_MATERIAL_STOCK_SRV/A_MatlStkInAcctMod InventoryStockType eq '01'".to_string(),
         ]
     );
-    // Only the snapshot streams are read again, and nothing in them changed.
-    assert_eq!((second.records_read, second.records_unchanged), (5, 5));
+    // The snapshot streams (5 records) and the one partner changed on the cursor's day are
+    // read again; nothing in them changed.
+    assert_eq!((second.records_read, second.records_unchanged), (6, 6));
     assert_eq!(
         second.profiles_created + second.profiles_updated + second.profiles_merged,
         0
@@ -156,7 +158,8 @@ async fn sap_s4_preset_syncs_partners_orders_stock_and_suppliers_then_only_chang
         );
     }
     let third = run(dir).await;
-    assert_eq!((third.records_read, third.records_updated), (6, 1));
+    // Snapshots (5), the partner of the cursor's day and the changed Weber.
+    assert_eq!((third.records_read, third.records_updated), (7, 1));
     assert_eq!((third.profiles_created, third.profiles_updated), (0, 1));
     assert_eq!(third.events_delivered, 1);
     assert_eq!(feed_len(dir), events_after_first + 1);

@@ -325,11 +325,52 @@ fn compared(record: &Value, property: &str) -> Option<String> {
     Some(value.to_string())
 }
 
+/// The instant of an OData v2 date value (`/Date(ms)/` or `/Date(ms+0000)/`); as SAP does, a
+/// date property compares by its date alone.
+fn record_instant(record: &Value, property: &str) -> Option<jiff::Timestamp> {
+    let value = record.get(property)?.as_str()?;
+    let inner = value.strip_prefix("/Date(")?.strip_suffix(")/")?;
+    let millis: String = inner
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    jiff::Timestamp::from_millisecond(millis.parse().ok()?).ok()
+}
+
+/// An ISO literal of `datetime'…'` (naive, UTC) or `datetimeoffset'…'`.
+fn literal_instant(literal: &str) -> Option<jiff::Timestamp> {
+    literal.parse::<jiff::Timestamp>().ok().or_else(|| {
+        literal
+            .parse::<jiff::civil::DateTime>()
+            .ok()?
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|zoned| zoned.timestamp())
+    })
+}
+
 fn matches(record: &Value, terms: &[Term]) -> Result<bool, String> {
     for term in terms {
         let Some(value) = compared(record, &term.property) else {
             return Err(format!("Property {} not found", term.property));
         };
+        // An ISO literal compares as an instant, the way SAP Gateway reads it; the raw form
+        // (as the record holds it) compares as text.
+        if let (Some(have), Some(want)) = (
+            record_instant(record, &term.property),
+            literal_instant(&term.literal),
+        ) {
+            let keep = match term.op.as_str() {
+                "gt" => have > want,
+                "ge" => have >= want,
+                "eq" => have == want,
+                other => return Err(format!("Operator {other} not supported")),
+            };
+            if !keep {
+                return Ok(false);
+            }
+            continue;
+        }
         let keep = match term.op.as_str() {
             "gt" => value > term.literal,
             "ge" => value >= term.literal,
