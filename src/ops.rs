@@ -2,8 +2,8 @@
 //!
 //! [`router`] builds the axum [`Router`]; [`serve`] runs it on a bound listener until the
 //! daemon's stop signal. `/healthz` answers `200 ok` while the process serves at all;
-//! `/readyz` answers 200 only when the store answers a trivial query (503 with the reason
-//! otherwise); `/metrics` is the Prometheus text exposition of [`crate::metrics`].
+//! `/readyz` answers 200 only when the store answers a trivial query and, with an AMQP feed,
+//! the broker accepts a connection (503 with the reason otherwise); `/metrics` is the Prometheus text exposition of [`crate::metrics`].
 
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::sink::amqp::AmqpSink;
 use crate::store::Store;
 
 /// The content type of the Prometheus text format.
@@ -25,15 +26,24 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 struct OpsState {
     store: Arc<dyn Store>,
     metrics: PrometheusHandle,
+    bus: Option<Arc<AmqpSink>>,
 }
 
-/// The endpoints, answering from `store` and `metrics`.
-pub fn router(store: Arc<dyn Store>, metrics: PrometheusHandle) -> Router {
+/// The endpoints, answering from `store`, `metrics` and, when the feed is AMQP, `bus`.
+pub fn router(
+    store: Arc<dyn Store>,
+    metrics: PrometheusHandle,
+    bus: Option<Arc<AmqpSink>>,
+) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .with_state(OpsState { store, metrics })
+        .with_state(OpsState {
+            store,
+            metrics,
+            bus,
+        })
 }
 
 /// Serves [`router`] on `listener` until `stop` turns true (or its sender is dropped).
@@ -41,9 +51,10 @@ pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
     metrics: PrometheusHandle,
+    bus: Option<Arc<AmqpSink>>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(store, metrics))
+    axum::serve(listener, router(store, metrics, bus))
         .with_graceful_shutdown(async move {
             // An error means the sender is gone, which is a stop too.
             let _ = stop.wait_for(|stopped| *stopped).await;
@@ -56,13 +67,21 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<OpsState>) -> (StatusCode, String) {
-    match state.store.pending_count().await {
-        Ok(_) => (StatusCode::OK, "ready".into()),
-        Err(error) => (
+    if let Err(error) = state.store.pending_count().await {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {error}"),
-        ),
+        );
     }
+    if let Some(bus) = &state.bus
+        && let Err(error) = bus.probe().await
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {error}"),
+        );
+    }
+    (StatusCode::OK, "ready".into())
 }
 
 async fn render_metrics(State(state): State<OpsState>) -> impl IntoResponse {
@@ -101,9 +120,38 @@ mod tests {
             listener,
             Arc::new(store),
             crate::metrics::install(),
+            None,
             stopped,
         ));
         (addr, stop)
+    }
+
+    #[tokio::test]
+    async fn readiness_fails_while_the_broker_is_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ops.db")).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        let bus = AmqpSink::new(
+            "amqp://guest:s3cret-pw@127.0.0.1:1/%2f".into(),
+            "conflux.customers".into(),
+        )
+        .with_connect_timeout(std::time::Duration::from_secs(2));
+        tokio::spawn(serve(
+            listener,
+            Arc::new(store),
+            crate::metrics::install(),
+            Some(Arc::new(bus)),
+            stopped,
+        ));
+        let (status, body) = http_get(addr, "/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.starts_with("not ready: cannot reach amqp://guest:***@127.0.0.1:1"),
+            "{body}"
+        );
+        assert!(!body.contains("s3cret-pw"));
     }
 
     #[tokio::test]
@@ -145,6 +193,7 @@ mod tests {
             listener,
             Arc::new(store),
             crate::metrics::install(),
+            None,
             stopped,
         ));
         stop.send_replace(true);

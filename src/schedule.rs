@@ -189,10 +189,17 @@ pub async fn run_daemon(
         .map_err(|source| DaemonError::Listen { addr, source })?;
     let ops_store = pipeline::open_store(config).await?;
     let (stop, stopped) = watch::channel(false);
+    let bus = match &config.feed.sink {
+        crate::config::SinkConfig::Amqp { url, exchange } => Some(Arc::new(
+            crate::sink::amqp::AmqpSink::new(url.clone(), exchange.clone()),
+        )),
+        crate::config::SinkConfig::File { .. } => None,
+    };
     let mut server = tokio::spawn(ops::serve(
         listener,
         ops_store.clone(),
         metrics_handle,
+        bus,
         stopped.clone(),
     ));
 
