@@ -1024,6 +1024,15 @@ fn check_http_connector(
         let records = checker
             .optional_text(stream.records.as_ref())
             .map(|r| r.map(|t| t.value));
+        if matches!(format, Some(crate::source::http::BodyFormat::Xml))
+            && matches!(records, Some(None))
+        {
+            checker.error(
+                stream.name.span().start,
+                "format \"xml\" needs records: the slash path of the record elements, \
+                 e.g. \"Envelope/Body/Response/Item\"",
+            );
+        }
         let mut query = Vec::new();
         for (key, value) in &stream.query {
             if let Some(value) = checker.text(value) {

@@ -229,6 +229,26 @@ mapping = "sap.partnr"
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(".toml:")).collect();
     assert_eq!(lines.len(), 3, "{stderr}");
+    let xml_without_records = format!(
+        "{}\n[[stream]]\nname = \"soap\"\npath = \"/soap\"\nformat = \"xml\"\nmapping = \"sap.partner\"\n",
+        connector("http://127.0.0.1:9")
+    );
+    let other = project_with(&[
+        ("config/http.toml", CONFIG.as_bytes()),
+        ("connectors/sap.toml", xml_without_records.as_bytes()),
+        ("mappings/sap.partner.toml", MAPPING.as_bytes()),
+    ]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_conflux"))
+        .args(["validate", "--config", "config/http.toml"])
+        .current_dir(other.path())
+        .output()
+        .unwrap();
+    let xml_error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{xml_error}");
+    assert!(
+        xml_error.contains("format \"xml\" needs records"),
+        "{xml_error}"
+    );
     assert!(
         lines[0].starts_with("connectors/sap.toml:2:") && lines[0].contains("http://"),
         "{stderr}"
