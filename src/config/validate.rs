@@ -843,20 +843,8 @@ fn check_file_connector(
     let mut streams = Vec::new();
     for stream in &spec.streams {
         let checked = check_stream(stream, mapping_ids, checker);
-        if let Some(name) = checker.text(&stream.name) {
-            if let Some(&first) = seen.get(&name.value) {
-                let (line, _) = super::diagnostic::position(&checker.file.text, first);
-                checker.error(
-                    name.span.start,
-                    format!(
-                        "duplicate stream name {} (first used on line {line})",
-                        name.shown()
-                    ),
-                );
-            } else {
-                seen.insert(name.value, name.span.start);
-            }
-        }
+        let name = checker.text(&stream.name);
+        check_unique_stream(name.as_ref(), &mut seen, checker);
         streams.push(checked);
     }
     if checker.failed {
@@ -879,6 +867,29 @@ fn check_file_connector(
 const DEFAULT_HTTP_RETRY: Duration = Duration::from_secs(120);
 /// Default per-request timeout of HTTP streams.
 const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reports a stream name used twice in one connector file, pointing back at its first use.
+fn check_unique_stream(
+    name: Option<&Text>,
+    seen: &mut BTreeMap<String, usize>,
+    checker: &mut Checker,
+) {
+    let Some(name) = name else {
+        return;
+    };
+    if let Some(&first) = seen.get(&name.value) {
+        let (line, _) = super::diagnostic::position(&checker.file.text, first);
+        checker.error(
+            name.span.start,
+            format!(
+                "duplicate stream name {} (first used on line {line})",
+                name.shown()
+            ),
+        );
+    } else {
+        seen.insert(name.value.clone(), name.span.start);
+    }
+}
 
 fn check_mapping_ref(
     mapping: &Spanned<String>,
@@ -973,18 +984,11 @@ fn check_http_connector(
     };
     let empty_values = check_empty_values(spec.empty_values.as_deref(), checker);
 
-    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut streams = Vec::new();
     for stream in &spec.streams {
         let name = checker.text(&stream.name);
-        if let Some(name) = &name
-            && !seen.insert(name.value.clone())
-        {
-            checker.error(
-                name.span.start,
-                format!("duplicate stream name {}", name.shown()),
-            );
-        }
+        check_unique_stream(name.as_ref(), &mut seen, checker);
         let mapping = check_mapping_ref(&stream.mapping, mapping_ids, checker);
         let path = checker.text(&stream.path).and_then(|path| {
             if path.value.starts_with('/') {
@@ -1175,18 +1179,11 @@ fn check_sql_connector(
         }
     });
     let empty_values = check_empty_values(spec.empty_values.as_deref(), checker);
-    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut streams = Vec::new();
     for stream in &spec.streams {
         let name = checker.text(&stream.name);
-        if let Some(name) = &name
-            && !seen.insert(name.value.clone())
-        {
-            checker.error(
-                name.span.start,
-                format!("duplicate stream name {}", name.shown()),
-            );
-        }
+        check_unique_stream(name.as_ref(), &mut seen, checker);
         let mapping = check_mapping_ref(&stream.mapping, mapping_ids, checker);
         let incremental = stream.cursor_column.is_some();
         let query = checker.text(&stream.query).and_then(|query| {
@@ -1409,18 +1406,7 @@ fn check_stream(
         }
         Some(format.value)
     });
-    let mapping = checker.text(&spec.mapping).and_then(|mapping| {
-        if mapping_ids.contains(&mapping.value) {
-            Some(mapping.value)
-        } else {
-            let hint = suggestion(&mapping.value, mapping_ids.iter().map(String::as_str));
-            checker.error(
-                mapping.span.start,
-                format!("unknown mapping {}{hint}", mapping.shown()),
-            );
-            None
-        }
-    });
+    let mapping = check_mapping_ref(&spec.mapping, mapping_ids, checker);
     let delimiter = one_byte(spec.delimiter.as_ref(), b',', "delimiter", checker);
     let quote = one_byte(spec.quote.as_ref(), b'"', "quote", checker);
     let encoding = match checker.optional_text(spec.encoding.as_ref()) {
