@@ -481,6 +481,7 @@ impl Batcher<'_> {
         let rules = &self.config.identity.match_on;
         let mut customer_keys = Vec::new();
         let mut order_customers = BTreeSet::new();
+        let mut line_orders = BTreeSet::new();
         for (record, outcome) in records.into_iter().zip(outcomes) {
             match outcome {
                 Upsert::Unchanged => {
@@ -504,12 +505,17 @@ impl Batcher<'_> {
                         order_customers.insert((order.source.system, customer));
                     }
                 }
+                Record::OrderLine(item) => {
+                    line_orders.insert((item.source.system, item.order_id));
+                }
                 _ => {}
             }
         }
         tx.set_match_keys_many(&customer_keys).await?;
         let changed: Vec<SourceRef> = customer_keys.into_iter().map(|(r, _)| r).collect();
         let (mut affected, merges) = relink(tx, changed).await?;
+        let line_orders: Vec<(String, String)> = line_orders.into_iter().collect();
+        order_customers.extend(tx.customers_of_orders(&line_orders).await?);
         let order_customers: Vec<(String, String)> = order_customers.into_iter().collect();
         affected.extend(tx.profiles_of_customer_ids(&order_customers).await?);
         self.rebuild(tx, &affected, &merges, summary).await

@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use super::MapError;
 use super::rule::Fields;
 use crate::model::{
-    Address, Customer, EntityKind, Inventory, Order, OrderLine, OrderStatus, PartyKind, Product,
-    Record, SourceRef, Supplier, SupplierItem,
+    Address, Customer, EntityKind, Inventory, Order, OrderLine, OrderLineItem, OrderStatus,
+    PartyKind, Product, Record, SourceRef, Supplier, SupplierItem,
 };
 
 /// Where the record came from, and how to name the source of a missing field.
@@ -122,6 +122,15 @@ pub fn build(
                 lines,
             })
         }
+        EntityKind::OrderLine => {
+            let source_id = origin.required("source_id", f.source_id.clone())?;
+            let order_id = origin.required("order_id", f.order_id.clone())?;
+            Record::OrderLine(OrderLineItem {
+                source: origin.source(source_id),
+                order_id,
+                line: line(f),
+            })
+        }
         EntityKind::Product => {
             let sku = origin.required("sku", f.sku)?;
             Record::Product(Product {
@@ -224,6 +233,10 @@ impl Out {
 }
 
 fn render_line(l: &OrderLine) -> Value {
+    Value::Object(line_fields(l))
+}
+
+fn line_fields(l: &OrderLine) -> Map<String, Value> {
     let mut out = Out(Map::new());
     out.put("line_number", l.line_number.as_ref());
     out.put("sku", l.sku.as_ref());
@@ -232,7 +245,7 @@ fn render_line(l: &OrderLine) -> Value {
     out.put("unit_price", l.unit_price);
     out.put("line_total", l.line_total);
     out.put("promised_date", l.promised_date);
-    Value::Object(out.0)
+    out.0
 }
 
 /// A record as target name → rendered value: strings, decimals as strings, dates
@@ -287,6 +300,10 @@ pub fn render(record: &Record) -> Map<String, Value> {
                     Value::Array(o.lines.iter().map(render_line).collect()),
                 );
             }
+        }
+        Record::OrderLine(item) => {
+            out.put("order_id", Some(&item.order_id));
+            out.0.extend(line_fields(&item.line));
         }
         Record::Product(p) => {
             out.put("sku", Some(&p.sku));

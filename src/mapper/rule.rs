@@ -642,6 +642,7 @@ pub struct Fields {
     pub extra: BTreeMap<String, String>,
     pub order_number: Option<String>,
     pub customer_id: Option<String>,
+    pub order_id: Option<String>,
     pub ordered_at: Option<Timestamp>,
     pub status: Option<OrderStatus>,
     pub currency: Option<String>,
@@ -748,6 +749,7 @@ impl Fields {
             }
             Slot::OrderNumber => self.order_number = Some(text()?),
             Slot::CustomerId => self.customer_id = Some(text()?),
+            Slot::OrderId => self.order_id = Some(text()?),
             Slot::OrderedAt => self.ordered_at = datetime()?,
             Slot::Status => self.status = Some(order_status(value)?),
             Slot::Currency => self.currency = Some(currency(value)?),

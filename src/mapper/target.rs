@@ -63,6 +63,7 @@ pub enum Slot {
     Extra(String),
     OrderNumber,
     CustomerId,
+    OrderId,
     OrderedAt,
     Status,
     Currency,
@@ -157,6 +158,20 @@ const ORDER_LINE: &[Entry] = &[
     ("promised_date", S::PromisedDate, T::Date),
 ];
 
+/// An order line read on its own (`entity = "order_line"`): the key of the line, the order it
+/// belongs to, and the same fields as a line under `[lines.fields]`.
+const ORDER_LINE_ITEM: &[Entry] = &[
+    ("source_id", S::SourceId, T::String),
+    ("order_id", S::OrderId, T::String),
+    ("line_number", S::LineNumber, T::String),
+    ("sku", S::Sku, T::String),
+    ("description", S::Description, T::String),
+    ("quantity", S::Quantity, T::Decimal),
+    ("unit_price", S::UnitPrice, T::Decimal),
+    ("line_total", S::LineTotal, T::Decimal),
+    ("promised_date", S::PromisedDate, T::Date),
+];
+
 const PRODUCT: &[Entry] = &[
     ("source_id", S::SourceId, T::String),
     ("sku", S::Sku, T::String),
@@ -201,6 +216,7 @@ fn table(entity: EntityKind, scope: Scope) -> &'static [Entry] {
         (EntityKind::Customer, Scope::Header) => CUSTOMER,
         (EntityKind::Order, Scope::Header) => ORDER,
         (EntityKind::Order, Scope::Line) => ORDER_LINE,
+        (EntityKind::OrderLine, Scope::Header) => ORDER_LINE_ITEM,
         (EntityKind::Product, Scope::Header) => PRODUCT,
         (EntityKind::Inventory, Scope::Header) => INVENTORY,
         (EntityKind::Supplier, Scope::Header) => SUPPLIER,
@@ -238,6 +254,7 @@ pub fn line_target_names() -> Vec<&'static str> {
 pub fn required_rules(entity: EntityKind) -> &'static [&'static str] {
     match entity {
         EntityKind::Customer | EntityKind::Order | EntityKind::Supplier => &["source_id"],
+        EntityKind::OrderLine => &["source_id", "order_id"],
         EntityKind::Product | EntityKind::Inventory => &["sku"],
         EntityKind::SupplierItem => &["supplier_id", "sku"],
     }
@@ -250,7 +267,7 @@ fn is_required(entity: EntityKind, slot: &Slot) -> bool {
             entity,
             EntityKind::Product | EntityKind::Inventory | EntityKind::SupplierItem
         ),
-        Slot::SupplierId => true,
+        Slot::SupplierId | Slot::OrderId => true,
         _ => false,
     }
 }

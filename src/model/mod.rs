@@ -44,6 +44,7 @@ impl std::fmt::Display for SourceRef {
 pub enum EntityKind {
     Customer,
     Order,
+    OrderLine,
     Product,
     Inventory,
     Supplier,
@@ -51,9 +52,10 @@ pub enum EntityKind {
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 6] = [
+    pub const ALL: [EntityKind; 7] = [
         EntityKind::Customer,
         EntityKind::Order,
+        EntityKind::OrderLine,
         EntityKind::Product,
         EntityKind::Inventory,
         EntityKind::Supplier,
@@ -64,6 +66,7 @@ impl EntityKind {
         match self {
             EntityKind::Customer => "customer",
             EntityKind::Order => "order",
+            EntityKind::OrderLine => "order_line",
             EntityKind::Product => "product",
             EntityKind::Inventory => "inventory",
             EntityKind::Supplier => "supplier",
@@ -196,6 +199,35 @@ pub struct Order {
     pub lines: Vec<OrderLine>,
 }
 
+impl Order {
+    /// Gives an order the lines that were read on their own ([`OrderLineItem`]s naming it),
+    /// in line-number order (numbers compare as numbers, then the line's source id). An order
+    /// whose own mapping produced lines keeps exactly those: one document, one set of lines.
+    pub fn attach_lines(&mut self, mut items: Vec<OrderLineItem>) {
+        if !self.lines.is_empty() || items.is_empty() {
+            return;
+        }
+        items.sort_by(|a, b| {
+            natural_order(a.line.line_number.as_deref(), b.line.line_number.as_deref())
+                .then_with(|| natural_order(Some(&a.source.source_id), Some(&b.source.source_id)))
+        });
+        self.lines = items.into_iter().map(|item| item.line).collect();
+    }
+}
+
+/// Numeric keys in numeric order (`"9"` before `"10"`), absent keys last, other text by text.
+fn natural_order(a: Option<&str>, b: Option<&str>) -> std::cmp::Ordering {
+    let key = |v: Option<&str>| {
+        let v = v.map(str::trim);
+        (
+            v.is_none(),
+            v.and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX),
+            v.unwrap_or_default().to_owned(),
+        )
+    };
+    key(a).cmp(&key(b))
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OrderLine {
     pub line_number: Option<String>,
@@ -205,6 +237,18 @@ pub struct OrderLine {
     pub unit_price: Option<Decimal>,
     pub line_total: Option<Decimal>,
     pub promised_date: Option<Date>,
+}
+
+/// An order line read on its own, by systems that serve lines as a separate resource
+/// (Odoo `sale.order.line`). The store attaches it to the order of the same system whose
+/// `source_id` is `order_id`, whenever that order arrives; an order whose own mapping gave
+/// lines keeps those.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OrderLineItem {
+    pub source: SourceRef,
+    /// The order's `source_id` in the same system (any order stream of that system).
+    pub order_id: String,
+    pub line: OrderLine,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -259,6 +303,7 @@ pub struct SupplierItem {
 pub enum Record {
     Customer(Customer),
     Order(Order),
+    OrderLine(OrderLineItem),
     Product(Product),
     Inventory(Inventory),
     Supplier(Supplier),
@@ -270,6 +315,7 @@ impl Record {
         match self {
             Record::Customer(_) => EntityKind::Customer,
             Record::Order(_) => EntityKind::Order,
+            Record::OrderLine(_) => EntityKind::OrderLine,
             Record::Product(_) => EntityKind::Product,
             Record::Inventory(_) => EntityKind::Inventory,
             Record::Supplier(_) => EntityKind::Supplier,
@@ -281,6 +327,7 @@ impl Record {
         match self {
             Record::Customer(r) => &r.source,
             Record::Order(r) => &r.source,
+            Record::OrderLine(r) => &r.source,
             Record::Product(r) => &r.source,
             Record::Inventory(r) => &r.source,
             Record::Supplier(r) => &r.source,

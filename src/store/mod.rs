@@ -211,6 +211,14 @@ pub trait StoreTx: Send {
         orders: &[SourceRef],
     ) -> Result<HashMap<SourceRef, String>, StoreError>;
 
+    /// The customers `(system, customer_id)` of the stored orders `(system, order source_id)`
+    /// in any order stream of the system, so a change to a standalone order line rebuilds the
+    /// profile its order belongs to. Orders not stored yet, or without a customer, add nothing.
+    async fn customers_of_orders(
+        &mut self,
+        orders: &[(String, String)],
+    ) -> Result<BTreeSet<(String, String)>, StoreError>;
+
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 
     /// [`StoreTx::upsert_record`] for a whole batch, in order: a source ref that appears twice

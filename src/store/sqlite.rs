@@ -32,7 +32,7 @@ use super::{
     JobRun, ProfileWrite, QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert,
 };
 use crate::model::profile::CustomerProfile;
-use crate::model::{Customer, Order, Record, SourceRef};
+use crate::model::{Customer, Order, OrderLineItem, Record, SourceRef};
 use crate::sink::OutboxEvent;
 use crate::source::IngestedFile;
 
@@ -132,6 +132,67 @@ fn decode_order(body: &str, context: &str) -> Result<Order, StoreError> {
             other.kind()
         ))),
     }
+}
+
+/// The columns that join a record to its parent: an order's customer id, a standalone order
+/// line's order id.
+fn parent_ids(record: &Record) -> (Option<&str>, Option<&str>) {
+    match record {
+        Record::Order(order) => (order.customer_id.as_deref(), None),
+        Record::OrderLine(item) => (None, Some(item.order_id.as_str())),
+        _ => (None, None),
+    }
+}
+
+fn decode_line_item(body: &str, context: &str) -> Result<OrderLineItem, StoreError> {
+    match decode_record(body, context)? {
+        Record::OrderLine(item) => Ok(item),
+        other => Err(StoreError::Corrupt(format!(
+            "{context}: stored as an order line but holds a {} record",
+            other.kind()
+        ))),
+    }
+}
+
+/// Attaches the standalone order lines stored for each order (see [`Order::attach_lines`]),
+/// in one statement for all of them.
+async fn attach_lines(
+    conn: &mut sqlx::SqliteConnection,
+    orders: &mut [&mut Order],
+) -> Result<(), StoreError> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<(String, String)> = orders
+        .iter()
+        .map(|o| (o.source.system.clone(), o.source.source_id.clone()))
+        .collect();
+    let keys = distinct(keys.iter());
+    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT j.key, r.stream, r.source_id, r.body FROM json_each($1) j \
+         CROSS JOIN records r INDEXED BY records_by_order \
+             ON r.entity = 'order_line' AND r.system = j.value ->> 0 \
+            AND r.order_id = j.value ->> 1",
+    )
+    .bind(json_list(&keys, "order ids")?)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut items: HashMap<&(String, String), Vec<OrderLineItem>> = HashMap::new();
+    for (key, stream, source_id, body) in rows {
+        let order = keys[position(key, keys.len())?];
+        let context = format!("{}/{stream}/{source_id}", order.0);
+        items
+            .entry(order)
+            .or_default()
+            .push(decode_line_item(&body, &context)?);
+    }
+    for order in orders.iter_mut() {
+        let key = (order.source.system.clone(), order.source.source_id.clone());
+        if let Some(lines) = items.remove(&key) {
+            order.attach_lines(lines);
+        }
+    }
+    Ok(())
 }
 
 /// A JSON array of the given values, bound as one parameter and expanded with `json_each`.
@@ -438,15 +499,12 @@ impl StoreTx for SqliteTx {
         let body = serde_json::to_string(record).map_err(|error| {
             StoreError::Corrupt(format!("cannot encode record {source}: {error}"))
         })?;
-        let customer_id = match record {
-            Record::Order(order) => order.customer_id.as_deref(),
-            _ => None,
-        };
+        let (customer_id, order_id) = parent_ids(record);
         if stored.is_none() {
             sqlx::query(
                 "INSERT INTO records (system, stream, source_id, entity, content_hash, body, \
-                 customer_id, first_run, last_changed_run, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+                 customer_id, order_id, first_run, last_changed_run, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $8, $8, $9)",
             )
             .bind(&source.system)
             .bind(&source.stream)
@@ -457,13 +515,14 @@ impl StoreTx for SqliteTx {
             .bind(customer_id)
             .bind(run_id)
             .bind(now())
+            .bind(order_id)
             .execute(&mut *self.tx)
             .await?;
             return Ok(Upsert::Inserted);
         }
         sqlx::query(
             "UPDATE records SET entity = $1, content_hash = $2, body = $3, customer_id = $4, \
-             last_changed_run = $5, updated_at = $6 \
+             last_changed_run = $5, updated_at = $6, order_id = $10 \
              WHERE system = $7 AND stream = $8 AND source_id = $9",
         )
         .bind(record.kind().as_str())
@@ -475,6 +534,7 @@ impl StoreTx for SqliteTx {
         .bind(&source.system)
         .bind(&source.stream)
         .bind(&source.source_id)
+        .bind(order_id)
         .execute(&mut *self.tx)
         .await?;
         Ok(Upsert::Updated)
@@ -695,11 +755,14 @@ impl StoreTx for SqliteTx {
         .bind(customer_id)
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.into_iter()
+        let mut orders = rows
+            .into_iter()
             .map(|(stream, source_id, body)| {
                 decode_order(&body, &format!("{system}/{stream}/{source_id}"))
             })
-            .collect()
+            .collect::<Result<Vec<Order>, StoreError>>()?;
+        attach_lines(&mut self.tx, &mut orders.iter_mut().collect::<Vec<_>>()).await?;
+        Ok(orders)
     }
 
     async fn profiles_of_customer_id(
@@ -817,6 +880,25 @@ impl StoreTx for SqliteTx {
                 (source_ref((system, stream, source_id)), customer)
             })
             .collect())
+    }
+
+    async fn customers_of_orders(
+        &mut self,
+        orders: &[(String, String)],
+    ) -> Result<BTreeSet<(String, String)>, StoreError> {
+        if orders.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT r.system, r.customer_id FROM json_each($1) j \
+             CROSS JOIN records r INDEXED BY records_by_source_id \
+                 ON r.system = j.value ->> 0 AND r.source_id = j.value ->> 1 \
+             WHERE r.entity = 'order' AND r.customer_id IS NOT NULL",
+        )
+        .bind(json_list(&distinct(orders), "order ids")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn set_links(&mut self, links: &[(SourceRef, Uuid)]) -> Result<(), StoreError> {
@@ -981,10 +1063,7 @@ impl StoreTx for SqliteTx {
             let body = serde_json::to_string(record).map_err(|error| {
                 StoreError::Corrupt(format!("cannot encode record {source}: {error}"))
             })?;
-            let customer_id = match record {
-                Record::Order(order) => order.customer_id.as_deref(),
-                _ => None,
-            };
+            let (customer_id, order_id) = parent_ids(record);
             rows.push((
                 source.system.as_str(),
                 source.stream.as_str(),
@@ -993,19 +1072,20 @@ impl StoreTx for SqliteTx {
                 hashes[index].as_str(),
                 body,
                 customer_id,
+                order_id,
             ));
         }
         // `WHERE true` resolves the parsing ambiguity between a join's ON and ON CONFLICT.
         sqlx::query(
             "INSERT INTO records (system, stream, source_id, entity, content_hash, body, \
-             customer_id, first_run, last_changed_run, updated_at) \
+             customer_id, order_id, first_run, last_changed_run, updated_at) \
              SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
-                    value ->> 5, value ->> 6, $2, $2, $3 \
+                    value ->> 5, value ->> 6, value ->> 7, $2, $2, $3 \
              FROM json_each($1) WHERE true \
              ON CONFLICT (system, stream, source_id) DO UPDATE SET \
              entity = excluded.entity, content_hash = excluded.content_hash, \
              body = excluded.body, customer_id = excluded.customer_id, \
-             last_changed_run = excluded.last_changed_run, updated_at = excluded.updated_at",
+             order_id = excluded.order_id, last_changed_run = excluded.last_changed_run, updated_at = excluded.updated_at",
         )
         .bind(json_list(&rows, "records")?)
         .bind(run_id)
@@ -1186,6 +1266,8 @@ impl StoreTx for SqliteTx {
             let order = decode_order(&body, &context)?;
             out.entry(customer.clone()).or_default().push(order);
         }
+        let mut orders: Vec<&mut Order> = out.values_mut().flatten().collect();
+        attach_lines(&mut self.tx, &mut orders).await?;
         Ok(out)
     }
 
@@ -1249,6 +1331,7 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
+    use crate::model::OrderLine;
     use crate::model::profile::{GoldenRecord, Money, OrderMetrics, SCHEMA_VERSION};
 
     async fn temp_store() -> (TempDir, SqliteStore) {
@@ -1498,7 +1581,7 @@ mod tests {
             MIGRATOR.migrations.len() as i64,
             "each migration is recorded once"
         );
-        assert_eq!(MIGRATOR.migrations.len(), 2);
+        assert_eq!(MIGRATOR.migrations.len(), 3);
         assert_eq!(count(&second, "records").await, 1);
         let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(second.pool())
@@ -1903,6 +1986,87 @@ mod tests {
                 .await
                 .unwrap()
                 .is_empty()
+        );
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn standalone_lines_join_their_order_whichever_arrives_first() {
+        let (_dir, store) = temp_store().await;
+        let line = |id: &str, order_id: &str, number: &str, sku: &str| {
+            Record::OrderLine(OrderLineItem {
+                source: source("odoo", "lines", id),
+                order_id: order_id.to_string(),
+                line: OrderLine {
+                    line_number: Some(number.to_string()),
+                    sku: Some(sku.to_string()),
+                    ..OrderLine::default()
+                },
+            })
+        };
+        let mut tx = store.begin().await.unwrap();
+        // Lines of order 42 arrive a batch before the order; "10" sorts after "9".
+        tx.upsert_records(
+            &[
+                line("501", "42", "10", "B"),
+                line("500", "42", "9", "A"),
+                line("502", "43", "1", "C"),
+            ],
+            1,
+        )
+        .await
+        .unwrap();
+        assert!(
+            tx.customers_of_orders(&[("odoo".into(), "42".into())])
+                .await
+                .unwrap()
+                .is_empty(),
+            "an order not stored yet has no customer"
+        );
+        let mut with_own_lines = order("odoo", "43", Some("7"));
+        with_own_lines.lines = vec![OrderLine {
+            sku: Some("OWN".to_string()),
+            ..OrderLine::default()
+        }];
+        tx.upsert_records(
+            &[
+                Record::Order(order("odoo", "42", Some("7"))),
+                Record::Order(with_own_lines),
+            ],
+            1,
+        )
+        .await
+        .unwrap();
+        let skus = |orders: Vec<Order>| -> Vec<(String, Vec<String>)> {
+            orders
+                .into_iter()
+                .map(|o| {
+                    let skus = o.lines.into_iter().filter_map(|l| l.sku).collect();
+                    (o.source.source_id, skus)
+                })
+                .collect()
+        };
+        let expected = vec![
+            ("42".to_string(), vec!["A".to_string(), "B".to_string()]),
+            ("43".to_string(), vec!["OWN".to_string()]),
+        ];
+        assert_eq!(
+            skus(tx.orders_of_customer("odoo", "7").await.unwrap()),
+            expected
+        );
+        let many = tx
+            .orders_of_customers(&[("odoo".into(), "7".into())])
+            .await
+            .unwrap();
+        assert_eq!(
+            skus(many[&("odoo".to_string(), "7".to_string())].clone()),
+            expected
+        );
+        assert_eq!(
+            tx.customers_of_orders(&[("odoo".into(), "42".into()), ("odoo".into(), "99".into())])
+                .await
+                .unwrap(),
+            BTreeSet::from([("odoo".to_string(), "7".to_string())])
         );
         tx.commit().await.unwrap();
     }
@@ -2770,7 +2934,8 @@ mod tests {
         let mut tx = SqliteTx {
             tx: store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap(),
         };
-        let small = 1;
+        // Three, so the small batch already names every customer with orders.
+        let small = 3;
         let large = 300;
         let records = |n: usize, run: u32| -> Vec<Record> {
             (0..n)
@@ -2859,7 +3024,8 @@ mod tests {
             ("set_match_keys_many", 2),
             ("keys_and_links", 2),
             ("customers_of_many", 1),
-            ("orders_of_customers", 1),
+            // The orders, then the standalone lines of all of them.
+            ("orders_of_customers", 2),
             ("profiles_of_customer_ids", 1),
             ("latest_profiles", 1),
             ("empty inputs", 0),

@@ -285,8 +285,19 @@ async fn odoo_preset_pages_by_offset_in_the_body_then_asks_only_for_changes() {
         ),
         (12, 12, 0)
     );
-    // Product 140 is on two lines: the second read of it changes nothing.
-    assert_eq!(first.records_unchanged, 1);
+    assert_eq!(first.records_unchanged, 0);
+    // The lines, read after their orders by their own stream, belong to those orders now.
+    let lines = order_lines(dir, "7").await;
+    assert_eq!(
+        lines,
+        [(
+            "42".to_string(),
+            vec![
+                ("SKU-140".to_string(), "6".to_string(), "1110".to_string()),
+                ("SKU-110".to_string(), "40".to_string(), "720".to_string()),
+            ]
+        )]
+    );
     assert_eq!(
         (
             first.profiles_created,
@@ -342,6 +353,36 @@ async fn odoo_preset_pages_by_offset_in_the_body_then_asks_only_for_changes() {
     assert_eq!((third.profiles_created, third.profiles_updated), (0, 1));
     assert_eq!(third.events_delivered, 1);
     assert_eq!(feed_len(dir), events_after_first + 1);
+}
+
+/// The orders of a customer of the Odoo preset as the store hands them to the profile builder:
+/// order id → (sku, quantity, line total) of each line.
+async fn order_lines(
+    project: &Path,
+    customer: &str,
+) -> Vec<(String, Vec<(String, String, String)>)> {
+    let store = conflux::store::sqlite::SqliteStore::open(&project.join(".conflux/presets.db"))
+        .await
+        .unwrap();
+    let mut tx = conflux::store::Store::begin(&store).await.unwrap();
+    let orders = tx.orders_of_customer("odoo", customer).await.unwrap();
+    orders
+        .into_iter()
+        .map(|order| {
+            let lines = order
+                .lines
+                .iter()
+                .map(|l| {
+                    (
+                        l.sku.clone().unwrap_or_default(),
+                        l.quantity.unwrap_or_default().normalize().to_string(),
+                        l.line_total.unwrap_or_default().normalize().to_string(),
+                    )
+                })
+                .collect();
+            (order.source.source_id, lines)
+        })
+        .collect()
 }
 
 #[tokio::test]

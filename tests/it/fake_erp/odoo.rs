@@ -130,8 +130,21 @@ pub fn sale_orders() -> Vec<Value> {
     ]
 }
 
-fn line(id: i64, order: (i64, &str), product: Value, written: &str, display_type: Value) -> Value {
-    json!({"id": id, "order_id": [order.0, order.1], "product_id": product, "product_uom_id": [1, "Units"], "name": "", "display_type": display_type, "write_date": written})
+/// A `sale.order.line` as search_read returns it: `product_uom_qty` ordered, `qty_delivered`
+/// shipped so far, amounts as JSON floats, `name` the description printed on the order.
+fn line(
+    id: i64,
+    order: (i64, &str),
+    product: Value,
+    (quantity, price): (f64, f64),
+    written: &str,
+    display_type: Value,
+) -> Value {
+    let name = match &product {
+        Value::Array(p) => p[1].clone(),
+        _ => json!("Zubehör"),
+    };
+    json!({"id": id, "order_id": [order.0, order.1], "sequence": 10, "product_id": product, "name": name, "product_uom_id": [1, "Units"], "product_uom_qty": quantity, "qty_delivered": 0.0, "price_unit": price, "price_subtotal": quantity * price, "display_type": display_type, "write_date": written})
 }
 
 pub fn sale_order_lines() -> Vec<Value> {
@@ -140,6 +153,7 @@ pub fn sale_order_lines() -> Vec<Value> {
             421,
             (42, "S00042"),
             json!([140, "[SKU-140] Drucksensor DS-10 bar"]),
+            (6.0, 185.0),
             "2026-10-28 13:06:02",
             json!(false),
         ),
@@ -147,6 +161,7 @@ pub fn sale_order_lines() -> Vec<Value> {
             422,
             (42, "S00042"),
             json!([110, "[SKU-110] Rillenkugellager 6204-2RS"]),
+            (40.0, 18.0),
             "2026-10-28 13:06:02",
             json!(false),
         ),
@@ -155,6 +170,7 @@ pub fn sale_order_lines() -> Vec<Value> {
             431,
             (43, "S00043"),
             json!(false),
+            (0.0, 0.0),
             "2026-10-29 09:01:00",
             json!("line_section"),
         ),
@@ -162,6 +178,7 @@ pub fn sale_order_lines() -> Vec<Value> {
             432,
             (43, "S00043"),
             json!([140, "[SKU-140] Drucksensor DS-10 bar"]),
+            (1.0, 185.0),
             "2026-10-29 09:01:00",
             json!(false),
         ),
