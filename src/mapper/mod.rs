@@ -916,8 +916,8 @@ input = {}
         let (message, spanned) = one_error("entity = \"custmer\"\n[fields]\n");
         assert_eq!(
             message,
-            "unknown entity `custmer` (expected one of customer, order, product, inventory, \
-             supplier, supplier_item) (did you mean `customer`?)"
+            "unknown entity `custmer` (expected one of customer, order, order_line, product, \
+             inventory, supplier, supplier_item) (did you mean `customer`?)"
         );
         assert_eq!(spanned, "\"custmer\"");
         let (message, _) = one_error("entity = \"product\"\n[fields]\nname = \"N\"\n");

@@ -98,6 +98,51 @@ pub struct JobRun {
     pub summary: Option<String>,
 }
 
+/// A person's decision on two customer records, which wins over the match model: `link`
+/// (they are one customer) or not (they never are). `a` is the smaller source ref.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IdentityDecision {
+    pub a: SourceRef,
+    pub b: SourceRef,
+    pub link: bool,
+}
+
+impl IdentityDecision {
+    /// The decision on the pair, whichever order the refs come in.
+    pub fn new(x: SourceRef, y: SourceRef, link: bool) -> IdentityDecision {
+        let (a, b) = if x <= y { (x, y) } else { (y, x) };
+        IdentityDecision { a, b, link }
+    }
+}
+
+/// A pair scored in the review band: `a` is the smaller source ref, `detail` the comparison
+/// level of each field (JSON) so a reviewer sees why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PossibleMatch {
+    pub a: SourceRef,
+    pub b: SourceRef,
+    pub weight: f64,
+    pub detail: String,
+}
+
+/// One stored possible match, as listed to reviewers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PossibleMatchRow {
+    pub id: i64,
+    pub pair: PossibleMatch,
+    /// `pending`, `accepted` or `rejected`.
+    pub status: String,
+    pub created_at: Timestamp,
+}
+
+/// The members of blocking keys: `(key, record)` rows for every key with at most the given
+/// number of members, and the keys left out as too common, with their size.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockLookup {
+    pub members: Vec<(String, SourceRef)>,
+    pub oversized: Vec<(String, i64)>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Opens a transaction for one batch.
@@ -135,6 +180,23 @@ pub trait Store: Send + Sync {
     async fn profiles_by_email(&self, email: &str) -> Result<Vec<Uuid>, StoreError>;
     /// Quarantined rows, newest first.
     async fn quarantine_rows(&self, limit: i64) -> Result<Vec<QuarantineRow>, StoreError>;
+
+    /// Possible matches with the given status (all when `None`), oldest first.
+    async fn possible_matches(
+        &self,
+        status: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<PossibleMatchRow>, StoreError>;
+    async fn possible_match(&self, id: i64) -> Result<Option<PossibleMatchRow>, StoreError>;
+    /// Accepts or rejects a pending possible match: stores the decision and queues both
+    /// records for re-resolution by the next run. `None` when there is no such match.
+    async fn decide_possible_match(
+        &self,
+        id: i64,
+        accept: bool,
+    ) -> Result<Option<PossibleMatchRow>, StoreError>;
+    /// The stored match model (JSON), if one was estimated.
+    async fn match_model(&self) -> Result<Option<String>, StoreError>;
 }
 
 #[async_trait]
@@ -218,6 +280,39 @@ pub trait StoreTx: Send {
         &mut self,
         orders: &[(String, String)],
     ) -> Result<BTreeSet<(String, String)>, StoreError>;
+
+    /// The records holding each blocking key, for keys with at most `max_block` members.
+    async fn block_members(
+        &mut self,
+        keys: &[String],
+        max_block: i64,
+    ) -> Result<BlockLookup, StoreError>;
+    /// The stored customer records among `records` (absent ones are skipped).
+    async fn customers_by_refs(
+        &mut self,
+        records: &[SourceRef],
+    ) -> Result<Vec<Customer>, StoreError>;
+    /// Every decision on a pair that involves one of `records`.
+    async fn decisions_touching(
+        &mut self,
+        records: &[SourceRef],
+    ) -> Result<Vec<IdentityDecision>, StoreError>;
+    /// Stores a decision (replacing an earlier one on the same pair) and queues both records
+    /// for re-resolution.
+    async fn set_decision(&mut self, decision: &IdentityDecision) -> Result<(), StoreError>;
+    /// Replaces the pending possible matches involving any of `scope` by `pairs`; pairs a
+    /// person already decided keep their decision.
+    async fn replace_possible_matches(
+        &mut self,
+        scope: &[SourceRef],
+        pairs: &[PossibleMatch],
+    ) -> Result<(), StoreError>;
+    /// Queues records for re-resolution by the next run.
+    async fn queue_relink(&mut self, records: &[SourceRef]) -> Result<(), StoreError>;
+    /// Takes up to `limit` queued records off the queue (the removal commits with the batch).
+    async fn take_relink(&mut self, limit: i64) -> Result<Vec<SourceRef>, StoreError>;
+    /// Stores the estimated match model (JSON).
+    async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError>;
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 

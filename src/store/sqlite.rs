@@ -29,7 +29,8 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::{
-    JobRun, ProfileWrite, QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert,
+    BlockLookup, IdentityDecision, JobRun, PossibleMatch, PossibleMatchRow, ProfileWrite,
+    QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert,
 };
 use crate::model::profile::CustomerProfile;
 use crate::model::{Customer, Order, OrderLineItem, Record, SourceRef};
@@ -193,6 +194,40 @@ async fn attach_lines(
         }
     }
     Ok(())
+}
+
+type PossibleMatchTuple = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    f64,
+    String,
+    String,
+    String,
+);
+
+/// Possible matches by status (`$1`, all when NULL) and id (`$2`, all when NULL), at most `$3`.
+const SELECT_POSSIBLE_MATCHES: &str = "SELECT id, a_system, a_stream, a_source_id, b_system, \
+     b_stream, b_source_id, weight, detail, status, created_at FROM possible_matches \
+     WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id = $2) ORDER BY id LIMIT $3";
+
+fn possible_match_row(row: PossibleMatchTuple) -> Result<PossibleMatchRow, StoreError> {
+    let (id, a1, a2, a3, b1, b2, b3, weight, detail, status, created_at) = row;
+    Ok(PossibleMatchRow {
+        id,
+        pair: PossibleMatch {
+            a: source_ref((a1, a2, a3)),
+            b: source_ref((b1, b2, b3)),
+            weight,
+            detail,
+        },
+        status,
+        created_at: parse_time(&created_at, &format!("possible match {id}"))?,
+    })
 }
 
 /// A JSON array of the given values, bound as one parameter and expanded with `json_each`.
@@ -476,6 +511,67 @@ impl Store for SqliteStore {
                 },
             )
             .collect())
+    }
+
+    async fn possible_matches(
+        &self,
+        status: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<PossibleMatchRow>, StoreError> {
+        let rows: Vec<PossibleMatchTuple> = sqlx::query_as(SELECT_POSSIBLE_MATCHES)
+            .bind(status)
+            .bind(None::<i64>)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(possible_match_row).collect()
+    }
+
+    async fn possible_match(&self, id: i64) -> Result<Option<PossibleMatchRow>, StoreError> {
+        let row: Option<PossibleMatchTuple> = sqlx::query_as(SELECT_POSSIBLE_MATCHES)
+            .bind(None::<&str>)
+            .bind(id)
+            .bind(1)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(possible_match_row).transpose()
+    }
+
+    async fn decide_possible_match(
+        &self,
+        id: i64,
+        accept: bool,
+    ) -> Result<Option<PossibleMatchRow>, StoreError> {
+        let mut tx = SqliteTx {
+            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        };
+        let row: Option<PossibleMatchTuple> = sqlx::query_as(SELECT_POSSIBLE_MATCHES)
+            .bind(None::<&str>)
+            .bind(id)
+            .bind(1)
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        let Some(row) = row.map(possible_match_row).transpose()? else {
+            return Ok(None);
+        };
+        sqlx::query("UPDATE possible_matches SET status = $1, decided_at = $2 WHERE id = $3")
+            .bind(if accept { "accepted" } else { "rejected" })
+            .bind(now())
+            .bind(id)
+            .execute(&mut *tx.tx)
+            .await?;
+        let decision = IdentityDecision::new(row.pair.a.clone(), row.pair.b.clone(), accept);
+        tx.set_decision(&decision).await?;
+        tx.tx.commit().await?;
+        Ok(Some(row))
+    }
+
+    async fn match_model(&self) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT body FROM match_model WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 }
 
@@ -880,6 +976,237 @@ impl StoreTx for SqliteTx {
                 (source_ref((system, stream, source_id)), customer)
             })
             .collect())
+    }
+
+    async fn block_members(
+        &mut self,
+        keys: &[String],
+        max_block: i64,
+    ) -> Result<BlockLookup, StoreError> {
+        if keys.is_empty() {
+            return Ok(BlockLookup::default());
+        }
+        let keys = json_list(&distinct(keys), "blocking keys")?;
+        let sizes: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT m.key, COUNT(*) FROM json_each($1) j \
+             CROSS JOIN match_keys m INDEXED BY match_keys_by_key ON m.key = j.value \
+             GROUP BY m.key HAVING COUNT(*) > $2 ORDER BY m.key",
+        )
+        .bind(&keys)
+        .bind(max_block)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let oversized: Vec<&str> = sizes.iter().map(|(key, _)| key.as_str()).collect();
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT m.key, m.system, m.stream, m.source_id FROM json_each($1) j \
+             CROSS JOIN match_keys m INDEXED BY match_keys_by_key ON m.key = j.value \
+             WHERE m.key NOT IN (SELECT value FROM json_each($2)) \
+             ORDER BY m.key, m.system, m.stream, m.source_id",
+        )
+        .bind(&keys)
+        .bind(json_list(&oversized, "blocking keys")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(BlockLookup {
+            members: rows
+                .into_iter()
+                .map(|(key, system, stream, source_id)| {
+                    (key, source_ref((system, stream, source_id)))
+                })
+                .collect(),
+            oversized: sizes,
+        })
+    }
+
+    async fn customers_by_refs(
+        &mut self,
+        records: &[SourceRef],
+    ) -> Result<Vec<Customer>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let triples: Vec<_> = distinct(records).into_iter().map(ref_triple).collect();
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT r.system, r.stream, r.source_id, r.body FROM json_each($1) j \
+             CROSS JOIN records r ON r.system = j.value ->> 0 AND r.stream = j.value ->> 1 \
+                                 AND r.source_id = j.value ->> 2 \
+             WHERE r.entity = 'customer' ORDER BY j.key",
+        )
+        .bind(json_list(&triples, "source refs")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(system, stream, source_id, body)| {
+                decode_customer(&body, &source_ref((system, stream, source_id)).to_string())
+            })
+            .collect()
+    }
+
+    async fn decisions_touching(
+        &mut self,
+        records: &[SourceRef],
+    ) -> Result<Vec<IdentityDecision>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let triples: Vec<_> = distinct(records).into_iter().map(ref_triple).collect();
+        let rows: Vec<(String, String, String, String, String, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT d.a_system, d.a_stream, d.a_source_id, \
+                        d.b_system, d.b_stream, d.b_source_id, d.decision \
+                 FROM json_each($1) j CROSS JOIN identity_decisions d \
+                 ON (d.a_system = j.value ->> 0 AND d.a_stream = j.value ->> 1 \
+                     AND d.a_source_id = j.value ->> 2) \
+                 OR (d.b_system = j.value ->> 0 AND d.b_stream = j.value ->> 1 \
+                     AND d.b_source_id = j.value ->> 2) \
+                 ORDER BY 1, 2, 3, 4, 5, 6",
+        )
+        .bind(json_list(&triples, "source refs")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(a1, a2, a3, b1, b2, b3, decision)| IdentityDecision {
+                a: source_ref((a1, a2, a3)),
+                b: source_ref((b1, b2, b3)),
+                link: decision == "link",
+            })
+            .collect())
+    }
+
+    async fn set_decision(&mut self, decision: &IdentityDecision) -> Result<(), StoreError> {
+        let (a, b) = (&decision.a, &decision.b);
+        sqlx::query(
+            "INSERT INTO identity_decisions (a_system, a_stream, a_source_id, b_system, \
+             b_stream, b_source_id, decision, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (a_system, a_stream, a_source_id, b_system, b_stream, b_source_id) \
+             DO UPDATE SET decision = excluded.decision, decided_at = excluded.decided_at",
+        )
+        .bind(&a.system)
+        .bind(&a.stream)
+        .bind(&a.source_id)
+        .bind(&b.system)
+        .bind(&b.stream)
+        .bind(&b.source_id)
+        .bind(if decision.link { "link" } else { "unlink" })
+        .bind(now())
+        .execute(&mut *self.tx)
+        .await?;
+        // A pending review of the pair is settled by the decision.
+        sqlx::query(
+            "UPDATE possible_matches SET status = $7, decided_at = $8 \
+             WHERE status = 'pending' AND a_system = $1 AND a_stream = $2 AND a_source_id = $3 \
+             AND b_system = $4 AND b_stream = $5 AND b_source_id = $6",
+        )
+        .bind(&a.system)
+        .bind(&a.stream)
+        .bind(&a.source_id)
+        .bind(&b.system)
+        .bind(&b.stream)
+        .bind(&b.source_id)
+        .bind(if decision.link {
+            "accepted"
+        } else {
+            "rejected"
+        })
+        .bind(now())
+        .execute(&mut *self.tx)
+        .await?;
+        self.queue_relink(&[a.clone(), b.clone()]).await
+    }
+
+    async fn replace_possible_matches(
+        &mut self,
+        scope: &[SourceRef],
+        pairs: &[PossibleMatch],
+    ) -> Result<(), StoreError> {
+        if !scope.is_empty() {
+            let triples: Vec<_> = distinct(scope).into_iter().map(ref_triple).collect();
+            sqlx::query(
+                "DELETE FROM possible_matches WHERE status = 'pending' AND id IN ( \
+                     SELECT p.id FROM json_each($1) j CROSS JOIN possible_matches p \
+                     ON (p.a_system = j.value ->> 0 AND p.a_stream = j.value ->> 1 \
+                         AND p.a_source_id = j.value ->> 2) \
+                     OR (p.b_system = j.value ->> 0 AND p.b_stream = j.value ->> 1 \
+                         AND p.b_source_id = j.value ->> 2))",
+            )
+            .bind(json_list(&triples, "source refs")?)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<_> = pairs
+            .iter()
+            .map(|p| {
+                (
+                    &p.a.system,
+                    &p.a.stream,
+                    &p.a.source_id,
+                    &p.b.system,
+                    &p.b.stream,
+                    &p.b.source_id,
+                    p.weight,
+                    &p.detail,
+                )
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO possible_matches (a_system, a_stream, a_source_id, b_system, b_stream, \
+             b_source_id, weight, detail, status, created_at) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
+                    value ->> 5, value ->> 6, value ->> 7, 'pending', $2 \
+             FROM json_each($1) WHERE true \
+             ON CONFLICT (a_system, a_stream, a_source_id, b_system, b_stream, b_source_id) \
+             DO NOTHING",
+        )
+        .bind(json_list(&rows, "possible matches")?)
+        .bind(now())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn queue_relink(&mut self, records: &[SourceRef]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let triples: Vec<_> = distinct(records).into_iter().map(ref_triple).collect();
+        sqlx::query(
+            "INSERT INTO relink_queue (system, stream, source_id) \
+             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each($1) WHERE true \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(json_list(&triples, "source refs")?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_relink(&mut self, limit: i64) -> Result<Vec<SourceRef>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "DELETE FROM relink_queue WHERE rowid IN \
+             (SELECT rowid FROM relink_queue ORDER BY system, stream, source_id LIMIT $1) \
+             RETURNING system, stream, source_id",
+        )
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut refs: Vec<SourceRef> = rows.into_iter().map(source_ref).collect();
+        refs.sort();
+        Ok(refs)
+    }
+
+    async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO match_model (id, body, trained_at) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET body = excluded.body, trained_at = excluded.trained_at",
+        )
+        .bind(body)
+        .bind(now())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
     }
 
     async fn customers_of_orders(
