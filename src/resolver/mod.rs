@@ -14,6 +14,21 @@
 //!
 //! The `Resolver` boundary is these two functions; probabilistic matching adds scored links
 //! to the same union-find.
+//!
+//! Probabilistic matching lives in the submodules, each pure: [`normalise`] (comparison forms
+//! of names, companies, contacts and addresses) → [`prepare`] (one [`prepare::Prepared`] per
+//! customer) → [`blocking`] (candidate pairs by configurable keys) → [`scoring`]
+//! (comparison levels and the Fellegi-Sunter [`scoring::MatchModel`], with EM estimation) →
+//! [`cluster`] (guarded connected components and the review band). [`matcher::match_all`]
+//! runs them all in memory; [`parallel`] holds the one deterministic fan-out helper they share.
+
+pub mod blocking;
+pub mod cluster;
+pub mod matcher;
+pub mod normalise;
+pub mod parallel;
+pub mod prepare;
+pub mod scoring;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
