@@ -23,6 +23,8 @@ use crate::mapper::{MapContext, Mapping};
 use crate::model::event::{EventType, ProfileEvent};
 use crate::model::{Order, Record, SourceRef};
 use crate::profile::{self, ProfileSettings};
+use crate::resolver::matcher::MatchSettings;
+use crate::resolver::prepare::Preparer;
 use crate::resolver::{self, LinkInput};
 use crate::sink::Sink;
 use crate::sink::amqp::AmqpSink;
@@ -33,7 +35,9 @@ use crate::source::http::HttpSource;
 use crate::source::sql::SqlSource;
 use crate::source::{Batch, Checkpoint, RawItem, Source, SourceError};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{ProfileWrite, QuarantineEntry, Store, StoreError, StoreTx, Upsert};
+use crate::store::{
+    PossibleMatch, ProfileWrite, QuarantineEntry, Store, StoreError, StoreTx, Upsert,
+};
 
 /// Counters of one run, printed at its end and stored with the job run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -48,6 +52,10 @@ pub struct RunSummary {
     pub profiles_created: u64,
     pub profiles_updated: u64,
     pub profiles_merged: u64,
+    /// Candidate pairs the probabilistic matcher compared.
+    pub candidate_pairs: u64,
+    /// Pairs stored as possible matches for review.
+    pub possible_matches: u64,
     pub events_delivered: u64,
     pub events_pending: u64,
     /// Where the feed went.
@@ -69,8 +77,12 @@ impl std::fmt::Display for RunSummary {
         )?;
         writeln!(
             f,
-            "profiles: {} created, {} updated, {} merged",
-            self.profiles_created, self.profiles_updated, self.profiles_merged
+            "profiles: {} created, {} updated, {} merged ({} candidate pairs compared, {} possible matches for review)",
+            self.profiles_created,
+            self.profiles_updated,
+            self.profiles_merged,
+            self.candidate_pairs,
+            self.possible_matches
         )?;
         write!(
             f,
@@ -93,6 +105,8 @@ pub enum PipelineError {
     },
     #[error("no job named {0:?} in this config")]
     UnknownJob(String),
+    #[error("identity matching: {0}")]
+    Matching(String),
     #[error(
         "{pending} events undelivered to {destination}: {error}; they stay in the outbox and the next run delivers them"
     )]
@@ -220,12 +234,18 @@ async fn run_streams(
     let batcher = Batcher {
         config,
         settings: profile_settings(config),
+        matching: match_settings(config, store).await?,
         event_source: format!("urn:conflux:{}", config.instance),
         run_id,
     };
+    // Decisions people took since the last run are applied first.
+    let queued = relink_queued(store, &batcher, &mut summary).await;
     // Events of batches committed before a stream failed are delivered all the same; the
     // stream's error is reported after the relay has run.
-    let synced = sync_streams(config, pairs, store, &batcher, &mut summary).await;
+    let synced = match queued {
+        Ok(()) => sync_streams(config, pairs, store, &batcher, &mut summary).await,
+        Err(error) => Err(error),
+    };
 
     let settings = RelaySettings {
         batch_size: config.feed.batch_size as i64,
@@ -400,10 +420,63 @@ pub fn check_record(record: &Record, settings: &ProfileSettings) -> Result<(), S
     Ok(())
 }
 
+/// The matcher settings of a run: the configured ones, with the model estimated from the
+/// store's data (`conflux identities train`) when there is one, and the configured
+/// overrides on top. `None` when probabilistic matching is off.
+pub async fn match_settings(
+    config: &Config,
+    store: &dyn Store,
+) -> Result<Option<MatchSettings>, PipelineError> {
+    let Some(mut settings) = config.identity.matching.clone() else {
+        return Ok(None);
+    };
+    if let Some(body) = store.match_model().await? {
+        settings.model = serde_json::from_str(&body).map_err(|error| {
+            PipelineError::Matching(format!("the stored match model is unreadable: {error}"))
+        })?;
+    }
+    settings
+        .model
+        .apply(&settings.overrides)
+        .map_err(|errors| PipelineError::Matching(join_errors(&errors)))?;
+    Ok(Some(settings))
+}
+
+fn join_errors(errors: &[impl std::fmt::Display]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Re-resolves the records queued by people's decisions (review accept/reject, manual
+/// link/unlink), a bounded number per transaction, and rebuilds the profiles they touch.
+async fn relink_queued(
+    store: &dyn Store,
+    batcher: &Batcher<'_>,
+    summary: &mut RunSummary,
+) -> Result<(), PipelineError> {
+    loop {
+        let mut tx = store.begin().await?;
+        let queued = tx.take_relink(1000).await?;
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let (affected, merges) =
+            relink(tx.as_mut(), queued, batcher.matching.as_ref(), summary).await?;
+        batcher
+            .rebuild(tx.as_mut(), &affected, &merges, summary)
+            .await?;
+        tx.commit().await?;
+    }
+}
+
 /// The per-batch work, shared by every stream of a run.
 struct Batcher<'a> {
     config: &'a Config,
     settings: ProfileSettings,
+    matching: Option<MatchSettings>,
     event_source: String,
     run_id: i64,
 }
@@ -479,6 +552,10 @@ impl Batcher<'_> {
         let mut previous_customers = tx.stored_order_customers(&order_refs).await?;
         let outcomes = tx.upsert_records(&records, self.run_id).await?;
         let rules = &self.config.identity.match_on;
+        let preparer = self
+            .matching
+            .as_ref()
+            .map(|m| (Preparer::new(&m.normalise), &m.blocking));
         let mut customer_keys = Vec::new();
         let mut order_customers = BTreeSet::new();
         let mut line_orders = BTreeSet::new();
@@ -493,7 +570,11 @@ impl Batcher<'_> {
             }
             match record {
                 Record::Customer(customer) => {
-                    let keys = resolver::match_keys(&customer, rules);
+                    let mut keys = resolver::match_keys(&customer, rules);
+                    if let Some((preparer, blocking)) = &preparer {
+                        let prepared = preparer.prepare(&customer);
+                        keys.extend(resolver::blocking::blocking_keys(&prepared, blocking));
+                    }
                     customer_keys.push((customer.source, keys));
                 }
                 Record::Order(order) => {
@@ -513,7 +594,12 @@ impl Batcher<'_> {
         }
         tx.set_match_keys_many(&customer_keys).await?;
         let changed: Vec<SourceRef> = customer_keys.into_iter().map(|(r, _)| r).collect();
-        let (mut affected, merges) = relink(tx, changed).await?;
+        let (mut affected, merges) = relink(tx, changed, self.matching.as_ref(), summary)
+            .await
+            .map_err(|error| match error {
+                PipelineError::Store(error) => error,
+                other => StoreError::Corrupt(other.to_string()),
+            })?;
         let line_orders: Vec<(String, String)> = line_orders.into_iter().collect();
         order_customers.extend(tx.customers_of_orders(&line_orders).await?);
         let order_customers: Vec<(String, String)> = order_customers.into_iter().collect();
@@ -594,11 +680,96 @@ impl Batcher<'_> {
 async fn relink(
     tx: &mut dyn StoreTx,
     changed: Vec<SourceRef>,
-) -> Result<(BTreeSet<Uuid>, BTreeMap<Uuid, Vec<Uuid>>), StoreError> {
+    matching: Option<&MatchSettings>,
+    summary: &mut RunSummary,
+) -> Result<(BTreeSet<Uuid>, BTreeMap<Uuid, Vec<Uuid>>), PipelineError> {
     let mut nodes: BTreeMap<SourceRef, LinkInput> = BTreeMap::new();
     let mut queried_keys: HashSet<String> = HashSet::new();
     let mut expanded: HashSet<Uuid> = HashSet::new();
-    let mut pending: Vec<SourceRef> = changed;
+    gather(
+        tx,
+        &mut nodes,
+        &mut queried_keys,
+        &mut expanded,
+        changed.clone(),
+    )
+    .await?;
+    let Some(matching) = matching else {
+        let inputs: Vec<LinkInput> = nodes.into_values().collect();
+        let resolution = resolver::resolve(&inputs, Uuid::now_v7);
+        return Ok(store_resolution(tx, &inputs, &resolution).await?);
+    };
+
+    // One hop of blocking candidates around the changed records, with their profiles.
+    let blocking_keys: Vec<String> = changed
+        .iter()
+        .filter_map(|r| nodes.get(r))
+        .flat_map(|n| {
+            n.keys
+                .iter()
+                .filter(|k| !resolver::is_strong_key(k))
+                .cloned()
+        })
+        .collect::<BTreeSet<String>>()
+        .into_iter()
+        .collect();
+    let lookup = tx
+        .block_members(&blocking_keys, matching.max_block_size as i64)
+        .await?;
+    for (key, size) in &lookup.oversized {
+        tracing::debug!(key = %key, size, "Blocking key skipped: too many records share it.");
+    }
+    let candidates: Vec<SourceRef> = lookup
+        .members
+        .into_iter()
+        .map(|(_, record)| record)
+        .filter(|r| !nodes.contains_key(r))
+        .collect();
+    gather(tx, &mut nodes, &mut queried_keys, &mut expanded, candidates).await?;
+
+    let refs: Vec<SourceRef> = nodes.keys().cloned().collect();
+    let customers = tx.customers_by_refs(&refs).await?;
+    let decisions: Vec<(SourceRef, SourceRef, bool)> = tx
+        .decisions_touching(&refs)
+        .await?
+        .into_iter()
+        .filter(|d| nodes.contains_key(&d.a) && nodes.contains_key(&d.b))
+        .map(|d| (d.a, d.b, d.link))
+        .collect();
+    let inputs: Vec<LinkInput> = nodes.into_values().collect();
+    let outcome = resolver::neighbourhood::resolve_neighbourhood(
+        &inputs,
+        &customers,
+        &decisions,
+        matching,
+        Uuid::now_v7,
+    )
+    .map_err(|errors| PipelineError::Matching(join_errors(&errors)))?;
+    summary.candidate_pairs += outcome.candidate_pairs;
+    let review: Vec<PossibleMatch> = outcome
+        .review
+        .iter()
+        .map(|p| PossibleMatch {
+            a: p.a.clone(),
+            b: p.b.clone(),
+            weight: p.weight,
+            detail: format!("{{\"probability\":{:.4}}}", p.probability),
+        })
+        .collect();
+    summary.possible_matches += review.len() as u64;
+    tx.replace_possible_matches(&refs, &review).await?;
+    Ok(store_resolution(tx, &inputs, &outcome.resolution).await?)
+}
+
+/// Adds `pending` and everything reachable from it to `nodes`: records sharing a strong key
+/// and every member of the profiles they are linked to.
+async fn gather(
+    tx: &mut dyn StoreTx,
+    nodes: &mut BTreeMap<SourceRef, LinkInput>,
+    queried_keys: &mut HashSet<String>,
+    expanded: &mut HashSet<Uuid>,
+    mut pending: Vec<SourceRef>,
+) -> Result<(), StoreError> {
     while !pending.is_empty() {
         pending.sort();
         pending.dedup();
@@ -609,6 +780,7 @@ async fn relink(
         for (record, (keys, current)) in std::mem::take(&mut pending).into_iter().zip(found) {
             new_keys.extend(
                 keys.iter()
+                    .filter(|k| resolver::is_strong_key(k))
                     .filter(|k| queried_keys.insert((*k).clone()))
                     .cloned(),
             );
@@ -640,8 +812,16 @@ async fn relink(
         }
         pending.retain(|r| !nodes.contains_key(r));
     }
-    let inputs: Vec<LinkInput> = nodes.into_values().collect();
-    let resolution = resolver::resolve(&inputs, Uuid::now_v7);
+    Ok(())
+}
+
+/// Stores the links and retirements of a resolution; returns the profiles to rebuild and
+/// the merges by survivor.
+async fn store_resolution(
+    tx: &mut dyn StoreTx,
+    inputs: &[LinkInput],
+    resolution: &resolver::Resolution,
+) -> Result<(BTreeSet<Uuid>, BTreeMap<Uuid, Vec<Uuid>>), StoreError> {
     let current: BTreeMap<&SourceRef, Option<Uuid>> =
         inputs.iter().map(|n| (&n.record, n.current)).collect();
     let moved: Vec<(SourceRef, Uuid)> = resolution

@@ -108,10 +108,12 @@ impl fmt::Debug for SinkConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdentityConfig {
     /// Strong keys that link customer records outright; default `[Email, Identifier("vat")]`.
     pub match_on: Vec<MatchKey>,
+    /// The probabilistic matcher's settings; `None` when `probabilistic = false`.
+    pub matching: Option<crate::resolver::matcher::MatchSettings>,
 }
 
 /// The strong-key rules are the resolver's own type.

@@ -84,6 +84,22 @@ pub struct IdentitySpec {
     /// Strong keys that link customer records outright: `email`, `phone`, or
     /// `identifier:<scheme>` (e.g. `identifier:vat`). Default: `["email", "identifier:vat"]`.
     pub match_on: Option<Vec<Spanned<String>>>,
+    /// Probabilistic matching next to the strong keys; default true.
+    pub probabilistic: Option<bool>,
+    /// Blocking rules (`family_phonetic+postcode`, `email`, ...); default: the built-in set.
+    pub blocking: Option<Vec<Spanned<String>>>,
+    /// Match probability from which a pair links; default 0.9.
+    pub threshold: Option<Spanned<f64>>,
+    /// Match probability from which a pair is a possible match for review; default 0.5.
+    pub review_from: Option<Spanned<f64>>,
+    /// No model link grows an identity beyond this many records; default 50.
+    pub max_cluster_size: Option<Spanned<i64>>,
+    /// Blocking keys shared by more records than this yield no candidates; default 200.
+    pub max_block_size: Option<Spanned<i64>>,
+    /// ISO 3166-1 region of phone numbers written without a country code; default `DE`.
+    pub phone_region: Option<Spanned<String>>,
+    /// Overrides of the match model's m and u values, which win over estimation.
+    pub model: Option<crate::resolver::scoring::ModelOverrides>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -465,10 +465,125 @@ fn parse_duration(text: &Text, what: &str, checker: &mut Checker) -> Option<Dura
 }
 
 fn check_identity(spec: &IdentitySpec, checker: &mut Checker) -> Option<IdentityConfig> {
+    let matching = check_matching(spec, checker);
+    let match_on = check_match_on(spec, checker)?;
+    Some(IdentityConfig {
+        match_on,
+        matching: matching?,
+    })
+}
+
+/// The probabilistic matcher's settings: `Some(None)` when it is switched off, `None` on an
+/// error (reported).
+fn check_matching(
+    spec: &IdentitySpec,
+    checker: &mut Checker,
+) -> Option<Option<crate::resolver::matcher::MatchSettings>> {
+    use crate::resolver::blocking::BlockingRule;
+    use crate::resolver::matcher::MatchSettings;
+    if spec.probabilistic == Some(false) {
+        return Some(None);
+    }
+    let mut settings = MatchSettings::default();
+    let mut ok = true;
+    if let Some(rules) = &spec.blocking {
+        settings.blocking.clear();
+        for rule in rules {
+            match rule.get_ref().parse::<BlockingRule>() {
+                Ok(parsed) => settings.blocking.push(parsed),
+                Err(error) => {
+                    checker.error(rule.span().start, error.to_string());
+                    ok = false;
+                }
+            }
+        }
+    }
+    let mut probability = |value: &Option<Spanned<f64>>, what: &str, into: &mut f64| {
+        if let Some(value) = value {
+            let v = *value.get_ref();
+            if (0.0..=1.0).contains(&v) {
+                *into = v;
+            } else {
+                checker.error(
+                    value.span().start,
+                    format!("{what} must be a probability between 0 and 1, found {v}"),
+                );
+                ok = false;
+            }
+        }
+    };
+    probability(
+        &spec.threshold,
+        "threshold",
+        &mut settings.cluster.threshold,
+    );
+    probability(
+        &spec.review_from,
+        "review_from",
+        &mut settings.cluster.review_from,
+    );
+    if settings.cluster.review_from > settings.cluster.threshold {
+        let span = spec
+            .review_from
+            .as_ref()
+            .map_or(0, |value| value.span().start);
+        checker.error(span, "review_from must not exceed threshold");
+        ok = false;
+    }
+    let mut count = |value: &Option<Spanned<i64>>, what: &str, into: &mut usize| {
+        if let Some(value) = value {
+            match usize::try_from(*value.get_ref()) {
+                Ok(v) if v >= 2 => *into = v,
+                _ => {
+                    checker.error(
+                        value.span().start,
+                        format!("{what} must be at least 2, found {}", value.get_ref()),
+                    );
+                    ok = false;
+                }
+            }
+        }
+    };
+    count(
+        &spec.max_cluster_size,
+        "max_cluster_size",
+        &mut settings.cluster.max_cluster_size,
+    );
+    count(
+        &spec.max_block_size,
+        "max_block_size",
+        &mut settings.max_block_size,
+    );
+    if let Some(region) = &spec.phone_region {
+        let code = region.get_ref();
+        if code.parse::<phonenumber::country::Id>().is_ok() {
+            settings.normalise.phone_region = code.clone();
+        } else {
+            checker.error(
+                region.span().start,
+                format!("phone_region {code:?} is not an ISO 3166-1 region such as \"DE\""),
+            );
+            ok = false;
+        }
+    }
+    if let Some(overrides) = &spec.model {
+        let mut model = settings.model.clone();
+        match model.apply(overrides) {
+            Ok(()) => settings.overrides = overrides.clone(),
+            Err(errors) => {
+                for error in errors {
+                    checker.error(0, error.to_string());
+                }
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(Some(settings))
+}
+
+fn check_match_on(spec: &IdentitySpec, checker: &mut Checker) -> Option<Vec<MatchKey>> {
     let Some(entries) = &spec.match_on else {
-        return Some(IdentityConfig {
-            match_on: vec![MatchKey::Email, MatchKey::Identifier("vat".into())],
-        });
+        return Some(vec![MatchKey::Email, MatchKey::Identifier("vat".into())]);
     };
     let mut match_on = Vec::new();
     let mut ok = true;
@@ -516,7 +631,7 @@ fn check_identity(spec: &IdentitySpec, checker: &mut Checker) -> Option<Identity
             None => ok = false,
         }
     }
-    ok.then_some(IdentityConfig { match_on })
+    ok.then_some(match_on)
 }
 
 fn is_scheme(scheme: &str) -> bool {

@@ -364,7 +364,10 @@ mod tests {
             kind: PartyKind::Person,
             given_name: Some(given.into()),
             family_name: Some(family.into()),
-            emails: (!email.is_empty()).then(|| email.into()).into_iter().collect(),
+            emails: (!email.is_empty())
+                .then(|| email.into())
+                .into_iter()
+                .collect(),
             addresses: vec![Address {
                 postcode: Some(postcode.into()),
                 country: Some("DE".into()),
@@ -393,10 +396,14 @@ mod tests {
     #[test]
     fn keys_spell_rule_and_values() {
         let p = person("Hans", "Müller", "h.m@example.com", "80331", "1980-02-01");
-        let rules: Vec<BlockingRule> = ["email", "family_phonetic+postcode", "birth_date+given_initial"]
-            .iter()
-            .map(|r| r.parse().unwrap())
-            .collect();
+        let rules: Vec<BlockingRule> = [
+            "email",
+            "family_phonetic+postcode",
+            "birth_date+given_initial",
+        ]
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .collect();
         assert_eq!(
             blocking_keys(&p, &rules),
             vec![

@@ -135,8 +135,16 @@ impl State<'_> {
         let mut keys: Vec<&str> = a.iter().map(|(k, _)| *k).collect();
         keys.dedup();
         keys.into_iter().any(|key| {
-            let left: Vec<&str> = a.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).collect();
-            let mut right = b.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).peekable();
+            let left: Vec<&str> = a
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| *v)
+                .collect();
+            let mut right = b
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| *v)
+                .peekable();
             right.peek().is_some() && !right.any(|v| left.contains(&v))
         })
     }
@@ -283,8 +291,19 @@ mod tests {
 
     #[test]
     fn threshold_band_and_components() {
-        let pairs = [pair(0, 1, 0.99), pair(1, 2, 0.95), pair(3, 4, 0.7), pair(4, 5, 0.1)];
-        let out = cluster(6, &pairs, &ClusterSettings::default(), &Decisions::default(), none);
+        let pairs = [
+            pair(0, 1, 0.99),
+            pair(1, 2, 0.95),
+            pair(3, 4, 0.7),
+            pair(4, 5, 0.1),
+        ];
+        let out = cluster(
+            6,
+            &pairs,
+            &ClusterSettings::default(),
+            &Decisions::default(),
+            none,
+        );
         assert_eq!(out.labels, vec![0, 0, 0, 3, 4, 5]);
         assert_eq!(out.groups(), vec![vec![0, 1, 2]]);
         assert_eq!(out.links.len(), 2);
@@ -304,14 +323,26 @@ mod tests {
         };
         // A~B strong, B~C weaker: B stays with A, C is refused and left for review.
         let pairs = [pair(1, 2, 0.95), pair(0, 1, 0.999)];
-        let out = cluster(3, &pairs, &ClusterSettings::default(), &Decisions::default(), attrs);
+        let out = cluster(
+            3,
+            &pairs,
+            &ClusterSettings::default(),
+            &Decisions::default(),
+            attrs,
+        );
         assert_eq!(out.groups(), vec![vec![0, 1]]);
         assert_eq!(
             out.rejected,
             vec![(pair(1, 2, 0.95), Rejection::ConflictingIdentifier)]
         );
         // Without the identifiers the chain would merge all three.
-        let out = cluster(3, &pairs, &ClusterSettings::default(), &Decisions::default(), none);
+        let out = cluster(
+            3,
+            &pairs,
+            &ClusterSettings::default(),
+            &Decisions::default(),
+            none,
+        );
         assert_eq!(out.groups(), vec![vec![0, 1, 2]]);
     }
 
@@ -335,7 +366,11 @@ mod tests {
             ..ClusterSettings::default()
         };
         let out = cluster(10, &pairs, &settings, &Decisions::default(), none);
-        assert!(out.groups().iter().all(|g| g.len() <= 4), "{:?}", out.groups());
+        assert!(
+            out.groups().iter().all(|g| g.len() <= 4),
+            "{:?}",
+            out.groups()
+        );
         assert!(
             out.rejected
                 .iter()
@@ -346,7 +381,12 @@ mod tests {
 
     #[test]
     fn output_does_not_depend_on_pair_order() {
-        let mut pairs = vec![pair(0, 1, 0.99), pair(2, 3, 0.99), pair(1, 2, 0.93), pair(3, 4, 0.6)];
+        let mut pairs = vec![
+            pair(0, 1, 0.99),
+            pair(2, 3, 0.99),
+            pair(1, 2, 0.93),
+            pair(3, 4, 0.6),
+        ];
         let settings = ClusterSettings {
             max_cluster_size: 3,
             ..ClusterSettings::default()

@@ -264,7 +264,10 @@ mod tests {
             kind: PartyKind::Person,
             given_name: Some(given.into()),
             family_name: Some(family.into()),
-            emails: (!email.is_empty()).then(|| email.into()).into_iter().collect(),
+            emails: (!email.is_empty())
+                .then(|| email.into())
+                .into_iter()
+                .collect(),
             phones: phones.iter().map(|p| p.to_string()).collect(),
             addresses: vec![Address {
                 lines: vec![street.into()],

@@ -25,6 +25,7 @@
 pub mod blocking;
 pub mod cluster;
 pub mod matcher;
+pub mod neighbourhood;
 pub mod normalise;
 pub mod parallel;
 pub mod prepare;
@@ -136,6 +137,12 @@ pub fn match_keys(customer: &Customer, rules: &[MatchKey]) -> Vec<String> {
     keys.into_iter().collect()
 }
 
+/// Whether a stored key links records outright (`email:…`, `phone:…`, `id:…`) rather than
+/// only making them candidates for comparison (`blk:…`, see [`blocking`]).
+pub fn is_strong_key(key: &str) -> bool {
+    !key.starts_with("blk:")
+}
+
 /// One customer record of the neighbourhood being resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInput {
@@ -171,8 +178,22 @@ impl Resolution {
 
 /// Groups the records into connected components over shared keys and assigns stable ids.
 /// `mint` is called once per new identity (a UUID v7 in production).
-pub fn resolve(nodes: &[LinkInput], mut mint: impl FnMut() -> Uuid) -> Resolution {
-    let components = components(nodes);
+pub fn resolve(nodes: &[LinkInput], mint: impl FnMut() -> Uuid) -> Resolution {
+    assign(nodes, components(nodes), mint)
+}
+
+/// Assigns stable ids to the given components (indices into `nodes`, each node in exactly
+/// one component); see the module header for the rules.
+pub fn assign(
+    nodes: &[LinkInput],
+    mut components: Vec<Vec<usize>>,
+    mut mint: impl FnMut() -> Uuid,
+) -> Resolution {
+    components.retain(|members| !members.is_empty());
+    for members in &mut components {
+        members.sort_by(|&a, &b| nodes[a].record.cmp(&nodes[b].record));
+    }
+    components.sort_by(|a, b| nodes[a[0]].record.cmp(&nodes[b[0]].record));
 
     // Which component keeps each existing id: the one holding most of its members, ties to
     // the component whose smallest record sorts first, so the outcome never depends on
@@ -246,7 +267,7 @@ fn components(nodes: &[LinkInput]) -> Vec<Vec<usize>> {
     }
     let mut holder: HashMap<&str, usize> = HashMap::new();
     for (i, node) in nodes.iter().enumerate() {
-        for key in &node.keys {
+        for key in node.keys.iter().filter(|k| is_strong_key(k)) {
             match holder.get(key.as_str()) {
                 Some(&j) => {
                     let (a, b) = (find(&mut parent, i), find(&mut parent, j));

@@ -104,8 +104,8 @@ pub struct PersonName {
 }
 
 const TITLES: &[&str] = &[
-    "mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "dame", "herr", "frau", "fr", "hr",
-    "m", "mme", "mlle", "monsieur", "madame", "dipl", "ing", "mag", "jr", "sr", "ii", "iii",
+    "mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "dame", "herr", "frau", "fr", "hr", "m",
+    "mme", "mlle", "monsieur", "madame", "dipl", "ing", "mag", "jr", "sr", "ii", "iii",
 ];
 
 const PARTICLES: &[&str] = &[
@@ -342,11 +342,59 @@ pub fn without_umlaut_e(folded: &str) -> String {
 
 /// Legal-form words, compared after [`fold_joining_dots`] (so "S.A." is "sa").
 const LEGAL_FORMS: &[&str] = &[
-    "ab", "ag", "aps", "as", "asa", "bv", "bvba", "co", "company", "corp", "corporation", "cv",
-    "eg", "ek", "ev", "gbr", "gmbh", "gk", "inc", "incorporated", "kft", "kg", "kgaa", "kk",
-    "limited", "llc", "llp", "lp", "ltd", "mbh", "nv", "oao", "ohg", "ooo", "oy", "oyj", "plc",
-    "pte", "pty", "pvt", "sa", "sarl", "sas", "sasu", "se", "sl", "snc", "spa", "sprl", "sro",
-    "srl", "ug", "zoo",
+    "ab",
+    "ag",
+    "aps",
+    "as",
+    "asa",
+    "bv",
+    "bvba",
+    "co",
+    "company",
+    "corp",
+    "corporation",
+    "cv",
+    "eg",
+    "ek",
+    "ev",
+    "gbr",
+    "gmbh",
+    "gk",
+    "inc",
+    "incorporated",
+    "kft",
+    "kg",
+    "kgaa",
+    "kk",
+    "limited",
+    "llc",
+    "llp",
+    "lp",
+    "ltd",
+    "mbh",
+    "nv",
+    "oao",
+    "ohg",
+    "ooo",
+    "oy",
+    "oyj",
+    "plc",
+    "pte",
+    "pty",
+    "pvt",
+    "sa",
+    "sarl",
+    "sas",
+    "sasu",
+    "se",
+    "sl",
+    "snc",
+    "spa",
+    "sprl",
+    "sro",
+    "srl",
+    "ug",
+    "zoo",
 ];
 
 /// Legal forms written without spaces in CJK names, removed as substrings.
@@ -458,7 +506,8 @@ pub fn email_key(email: &str, rules: &EmailRules) -> Option<String> {
         .providers
         .iter()
         .find(|p| p.domains.iter().any(|d| d == domain));
-    let strip_plus = rules.strip_plus_tags_everywhere || provider.is_some_and(|p| p.strip_plus_tags);
+    let strip_plus =
+        rules.strip_plus_tags_everywhere || provider.is_some_and(|p| p.strip_plus_tags);
     let mut local = local;
     if strip_plus {
         local = local.split('+').next().unwrap_or(local);
@@ -601,8 +650,12 @@ fn street_type(token: &str) -> String {
     if let Ok(i) = STREET_TYPES.binary_search_by(|(word, _)| (*word).cmp(token)) {
         return STREET_TYPES[i].1.to_string();
     }
-    for (suffix, short) in [("strasse", "str"), ("str", "str"), ("gasse", "g"), ("platz", "pl")]
-    {
+    for (suffix, short) in [
+        ("strasse", "str"),
+        ("str", "str"),
+        ("gasse", "g"),
+        ("platz", "pl"),
+    ] {
         if let Some(stem) = token.strip_suffix(suffix)
             && stem.len() >= 2
         {
@@ -668,16 +721,88 @@ mod tests {
 
     #[test]
     fn person_name_table() {
-        let cases: &[(Option<&str>, Option<&str>, Option<&str>, &str, &str, &str, char)] = &[
-            (Some("Bob"), Some("Smith"), None, "bob", "robert", "smith", 'b'),
+        let cases: &[(
+            Option<&str>,
+            Option<&str>,
+            Option<&str>,
+            &str,
+            &str,
+            &str,
+            char,
+        )] = &[
+            (
+                Some("Bob"),
+                Some("Smith"),
+                None,
+                "bob",
+                "robert",
+                "smith",
+                'b',
+            ),
             (Some("J."), Some("Müller"), None, "", "", "mueller", 'j'),
-            (None, None, Some("Müller, Hans"), "hans", "johannes", "mueller", 'h'),
-            (None, None, Some("Dr. Katherine M. Doe"), "katherine", "katherine", "doe", 'k'),
-            (None, None, Some("Kate Doe"), "kate", "katherine", "doe", 'k'),
-            (None, None, Some("Ludwig van Beethoven"), "ludwig", "louis", "van beethoven", 'l'),
-            (None, None, Some("Bill Gates"), "bill", "william", "gates", 'b'),
-            (Some("Hans-Peter"), None, Some("Hans-Peter Schulz"), "hans", "johannes", "schulz", 'h'),
-            (None, None, Some("Jean Dupont"), "jean", "john", "dupont", 'j'),
+            (
+                None,
+                None,
+                Some("Müller, Hans"),
+                "hans",
+                "johannes",
+                "mueller",
+                'h',
+            ),
+            (
+                None,
+                None,
+                Some("Dr. Katherine M. Doe"),
+                "katherine",
+                "katherine",
+                "doe",
+                'k',
+            ),
+            (
+                None,
+                None,
+                Some("Kate Doe"),
+                "kate",
+                "katherine",
+                "doe",
+                'k',
+            ),
+            (
+                None,
+                None,
+                Some("Ludwig van Beethoven"),
+                "ludwig",
+                "louis",
+                "van beethoven",
+                'l',
+            ),
+            (
+                None,
+                None,
+                Some("Bill Gates"),
+                "bill",
+                "william",
+                "gates",
+                'b',
+            ),
+            (
+                Some("Hans-Peter"),
+                None,
+                Some("Hans-Peter Schulz"),
+                "hans",
+                "johannes",
+                "schulz",
+                'h',
+            ),
+            (
+                None,
+                None,
+                Some("Jean Dupont"),
+                "jean",
+                "john",
+                "dupont",
+                'j',
+            ),
         ];
         for &(given, family, full, g, canonical, f, initial) in cases {
             let name = split_person_name(given, family, full);
@@ -692,7 +817,10 @@ mod tests {
     #[test]
     fn umlaut_e_is_dropped_for_dotless_spellings() {
         assert_eq!(without_umlaut_e("mueller"), "muller");
-        assert_eq!(without_umlaut_e(&fold("Müller")), without_umlaut_e(&fold("Muller")));
+        assert_eq!(
+            without_umlaut_e(&fold("Müller")),
+            without_umlaut_e(&fold("Muller"))
+        );
         assert_eq!(without_umlaut_e("schroeder"), "schroder");
     }
 
@@ -794,7 +922,11 @@ mod tests {
             ("a1b 2c3", Some("CA"), "A1B2C3"),
             ("80331", None, "80331"),
         ] {
-            assert_eq!(postcode_key(input, country), expected, "{input} {country:?}");
+            assert_eq!(
+                postcode_key(input, country),
+                expected,
+                "{input} {country:?}"
+            );
         }
     }
 

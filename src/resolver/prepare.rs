@@ -125,11 +125,11 @@ impl<'a> Preparer<'a> {
         } else {
             Default::default()
         };
-        let company_source = customer.company.as_deref().or(
-            (customer.kind == PartyKind::Organization && !has_person_name)
-                .then_some(customer.full_name.as_deref())
-                .flatten(),
-        );
+        let company_source = customer.company.as_deref().or((customer.kind
+            == PartyKind::Organization
+            && !has_person_name)
+            .then_some(customer.full_name.as_deref())
+            .flatten());
         let company = company_source.map(company_key).unwrap_or_default();
 
         let mut emails: Vec<Box<str>> = customer

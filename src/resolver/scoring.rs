@@ -102,10 +102,8 @@ impl Field {
 /// Compares two records field by field. Symmetric: `compare(a, b) == compare(b, a)`.
 pub fn compare(a: &Prepared, b: &Prepared) -> Comparison {
     let mut c = [0u8; FIELD_COUNT];
-    let swapped = !a.given.is_empty()
-        && !a.family.is_empty()
-        && a.given == b.family
-        && a.family == b.given;
+    let swapped =
+        !a.given.is_empty() && !a.family.is_empty() && a.given == b.family && a.family == b.given;
     if swapped {
         c[Field::Given as usize] = 1;
         c[Field::Family as usize] = 1;
@@ -159,8 +157,7 @@ fn compare_family(a: &Prepared, b: &Prepared) -> u8 {
     let contained = x.split(' ').any(|t| t == y) || y.split(' ').any(|t| t == x);
     if contained {
         2
-    } else if jw >= 0.84 || (a.family_phonetic == b.family_phonetic && a.family_phonetic[0] != 0)
-    {
+    } else if jw >= 0.84 || (a.family_phonetic == b.family_phonetic && a.family_phonetic[0] != 0) {
         3
     } else {
         4
@@ -217,12 +214,46 @@ fn compare_emails(a: &[Box<str>], b: &[Box<str>]) -> u8 {
             let (Some((xl, xd)), Some((yl, yd))) = (x.split_once('@'), y.split_once('@')) else {
                 continue;
             };
-            if (xd == yd && strsim::levenshtein(xl, yl) <= 1) || (xl == yl && xl.len() >= 6) {
+            let same_person_elsewhere = xl == yl && xl.len() >= 6 && !is_role_account(xl);
+            if (xd == yd && strsim::levenshtein(xl, yl) <= 1) || same_person_elsewhere {
                 return 2;
             }
         }
     }
     3
+}
+
+/// Mailboxes of a function, not a person: the same one at two domains is two companies'
+/// purchasing departments, not one customer.
+fn is_role_account(local: &str) -> bool {
+    const ROLES: [&str; 24] = [
+        "accounts",
+        "admin",
+        "anfragen",
+        "bestellung",
+        "billing",
+        "buchhaltung",
+        "contact",
+        "einkauf",
+        "enquiries",
+        "hello",
+        "info",
+        "kontakt",
+        "mail",
+        "office",
+        "orders",
+        "purchasing",
+        "rechnung",
+        "sales",
+        "service",
+        "shop",
+        "support",
+        "team",
+        "verkauf",
+        "vertrieb",
+    ];
+    let base = local.split(['+', '.', '-', '_']).next().unwrap_or(local);
+    ROLES.contains(&local) || ROLES.contains(&base)
 }
 
 fn compare_phones(a: &[Box<str>], b: &[Box<str>]) -> u8 {
@@ -367,6 +398,8 @@ impl Default for MatchModel {
 
 /// Field levels whose disagreement says "a different person or company".
 const IDENTITY_FIELDS: [Field; 3] = [Field::Given, Field::BirthDate, Field::Company];
+/// The fields that name a customer.
+const NAME_FIELDS: [Field; 3] = [Field::Given, Field::Family, Field::Company];
 /// Fields that members of one household or one office share.
 const COLOCATION_FIELDS: [Field; 3] = [Field::Family, Field::Address, Field::Phone];
 
@@ -380,9 +413,15 @@ pub struct WeightTable {
 
 impl WeightTable {
     pub fn weight(&self, c: &Comparison) -> f64 {
-        let identity_conflict = IDENTITY_FIELDS
-            .iter()
-            .any(|&f| c[f as usize] == f.different());
+        // Shared place evidence (family name, address, landline) counts only up to the cap
+        // when an identity field disagrees, and also when no name can be compared at all (a
+        // person against a company, or records without names): an address alone never makes
+        // two records one customer.
+        let no_name = NAME_FIELDS.iter().all(|&f| c[f as usize] == 0);
+        let identity_conflict = no_name
+            || IDENTITY_FIELDS
+                .iter()
+                .any(|&f| c[f as usize] == f.different());
         let mut total = 0.0;
         let mut colocation = 0.0;
         for field in Field::ALL {
@@ -723,19 +762,37 @@ mod tests {
 
     #[test]
     fn levels_per_field() {
-        let a = prep(&customer("Hans", "Müller", "Hauptstraße 12", &["+49891234567"]));
-        let b = prep(&customer("Hans", "MUELLER", "Hauptstr. 12", &["+49891234576"]));
+        let a = prep(&customer(
+            "Hans",
+            "Müller",
+            "Hauptstraße 12",
+            &["+49891234567"],
+        ));
+        let b = prep(&customer(
+            "Hans",
+            "MUELLER",
+            "Hauptstr. 12",
+            &["+49891234576"],
+        ));
         let c = compare(&a, &b);
         assert_eq!(c[Field::Given as usize], 1);
         assert_eq!(c[Field::Family as usize], 1);
-        assert_eq!(c[Field::Address as usize], 1, "Str. and Straße are one street");
+        assert_eq!(
+            c[Field::Address as usize],
+            1,
+            "Str. and Straße are one street"
+        );
         assert_eq!(c[Field::Phone as usize], 2, "transposed digits are close");
         assert_eq!(c[Field::Email as usize], 0, "missing is neutral");
         assert_eq!(c, compare(&b, &a), "comparison is symmetric");
 
         let d = prep(&customer("Johannes", "Muller", "Hauptstraße 14", &[]));
         let c = compare(&a, &d);
-        assert_eq!(c[Field::Given as usize], 2, "hans is a nickname of johannes");
+        assert_eq!(
+            c[Field::Given as usize],
+            2,
+            "hans is a nickname of johannes"
+        );
         assert_eq!(c[Field::Family as usize], 2);
         assert_eq!(c[Field::Address as usize], 2, "same street, other number");
         assert_eq!(c[Field::Phone as usize], 0);
@@ -801,8 +858,14 @@ mod tests {
         let errors = MatchModel::default().apply(&bad).unwrap_err();
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(errors.len(), 3, "{text:?}");
-        assert!(text.iter().any(|t| t.contains("unknown field \"emial\"")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("no level \"close\"")), "{text:?}");
+        assert!(
+            text.iter().any(|t| t.contains("unknown field \"emial\"")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("no level \"close\"")),
+            "{text:?}"
+        );
         assert!(text.iter().any(|t| t.contains("phone.exact.u")), "{text:?}");
     }
 
@@ -849,7 +912,11 @@ mod tests {
         start.u = truth.u;
         let (fitted, report) = estimate_m(&start, &comparisons, 500);
         assert!(report.converged, "{report:?}");
-        assert!((fitted.prior - truth.prior).abs() < 0.01, "prior {}", fitted.prior);
+        assert!(
+            (fitted.prior - truth.prior).abs() < 0.01,
+            "prior {}",
+            fitted.prior
+        );
         for field in Field::ALL {
             let f = field as usize;
             for l in 1..=field.levels().len() {
@@ -867,7 +934,14 @@ mod tests {
     #[test]
     fn u_from_random_pairs_is_deterministic_and_smoothed() {
         let records: Vec<Prepared> = (0..50)
-            .map(|i| prep(&customer(&format!("G{i}"), &format!("F{}", i % 5), "Weg 1", &[])))
+            .map(|i| {
+                prep(&customer(
+                    &format!("G{i}"),
+                    &format!("F{}", i % 5),
+                    "Weg 1",
+                    &[],
+                ))
+            })
             .collect();
         let u1 = estimate_u(&records, 2000, 1).unwrap();
         let u2 = estimate_u(&records, 2000, 1).unwrap();

@@ -300,8 +300,8 @@ pub trait StoreTx: Send {
     /// Stores a decision (replacing an earlier one on the same pair) and queues both records
     /// for re-resolution.
     async fn set_decision(&mut self, decision: &IdentityDecision) -> Result<(), StoreError>;
-    /// Replaces the pending possible matches involving any of `scope` by `pairs`; pairs a
-    /// person already decided keep their decision.
+    /// Replaces the pending possible matches between two records of `scope` by `pairs`;
+    /// pairs a person already decided keep their decision.
     async fn replace_possible_matches(
         &mut self,
         scope: &[SourceRef],

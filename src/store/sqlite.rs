@@ -1124,10 +1124,11 @@ impl StoreTx for SqliteTx {
             sqlx::query(
                 "DELETE FROM possible_matches WHERE status = 'pending' AND id IN ( \
                      SELECT p.id FROM json_each($1) j CROSS JOIN possible_matches p \
-                     ON (p.a_system = j.value ->> 0 AND p.a_stream = j.value ->> 1 \
-                         AND p.a_source_id = j.value ->> 2) \
-                     OR (p.b_system = j.value ->> 0 AND p.b_stream = j.value ->> 1 \
-                         AND p.b_source_id = j.value ->> 2))",
+                     ON p.a_system = j.value ->> 0 AND p.a_stream = j.value ->> 1 \
+                         AND p.a_source_id = j.value ->> 2 \
+                     JOIN json_each($1) k \
+                     ON p.b_system = k.value ->> 0 AND p.b_stream = k.value ->> 1 \
+                         AND p.b_source_id = k.value ->> 2)",
             )
             .bind(json_list(&triples, "source refs")?)
             .execute(&mut *self.tx)
@@ -1908,7 +1909,7 @@ mod tests {
             MIGRATOR.migrations.len() as i64,
             "each migration is recorded once"
         );
-        assert_eq!(MIGRATOR.migrations.len(), 3);
+        assert_eq!(MIGRATOR.migrations.len(), 4);
         assert_eq!(count(&second, "records").await, 1);
         let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(second.pool())

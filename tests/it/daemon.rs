@@ -70,16 +70,29 @@ async fn a_one_second_job_runs_repeatedly_without_overlap_and_stops_within_the_g
         run_daemon(&daemon_config, shutdown, grace).await
     });
 
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (health, ready, metrics) = tokio::task::spawn_blocking(move || {
-        (
-            http_get(addr, "/healthz"),
-            http_get(addr, "/readyz"),
-            http_get(addr, "/metrics"),
-        )
-    })
-    .await
-    .unwrap();
+    // Every metric is exported once the first run has finished; on a busy machine that can
+    // take a while, so poll instead of guessing a fixed delay.
+    let mut scraped = None;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let got = tokio::task::spawn_blocking(move || {
+            (
+                http_get(addr, "/healthz"),
+                http_get(addr, "/readyz"),
+                http_get(addr, "/metrics"),
+            )
+        })
+        .await
+        .unwrap();
+        let complete = got.2.as_ref().is_some_and(|(_, text)| {
+            conflux::metrics::ALL.iter().all(|name| text.contains(name))
+        });
+        scraped = Some(got);
+        if complete {
+            break;
+        }
+    }
+    let (health, ready, metrics) = scraped.unwrap();
     assert_eq!(health, Some((200, "ok".to_string())));
     assert_eq!(ready, Some((200, "ready".to_string())));
     let (status, metrics) = metrics.unwrap();

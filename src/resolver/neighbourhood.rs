@@ -1,0 +1,198 @@
+//! Probabilistic resolution of one neighbourhood of customer records, with stable ids.
+//!
+//! The pipeline gathers a closed neighbourhood around the records a batch changed (records
+//! sharing a strong key, records sharing a blocking key with a changed record, and every
+//! member of the profiles those belong to) and hands it here with each record's body and
+//! the decisions people took on its pairs. [`resolve_neighbourhood`] then:
+//! - links records sharing a strong key (`email:…`, `id:vat:…`) outright, unless a person
+//!   said the two are different customers;
+//! - compares the records within the neighbourhood pairwise under the blocking rules and
+//!   links pairs above the match threshold, within the cluster guards
+//!   ([`super::cluster`]): cluster size cap, never-link decisions, conflicting identifiers;
+//! - assigns stable ids to the resulting clusters with [`super::assign`].
+//!
+//! Pairs are re-scored every time their neighbourhood is resolved, so a record whose change
+//! breaks its link splits off; scores depend only on the two records and the model, so an
+//! incremental run and a full run agree on every pair they both see.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use uuid::Uuid;
+
+use super::matcher::{self, MatchPair, MatchSettings};
+use super::scoring::OverrideError;
+use super::{LinkInput, Resolution, assign, is_strong_key};
+use crate::model::{Customer, SourceRef};
+
+/// The outcome for one neighbourhood.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NeighbourhoodOutcome {
+    pub resolution: Resolution,
+    /// Pairs in the review band whose records stay apart, for people to decide.
+    pub review: Vec<MatchPair>,
+    /// Candidate pairs compared.
+    pub candidate_pairs: u64,
+}
+
+/// Neighbourhoods smaller than this are matched on the calling thread: spawning workers
+/// costs more than it saves.
+const PARALLEL_FROM: usize = 20_000;
+
+/// Resolves `nodes` (whose bodies are `customers`; a node without a body stays on its own)
+/// under `settings`, honouring `decisions` (`(a, b, link)`). See the module header.
+pub fn resolve_neighbourhood(
+    nodes: &[LinkInput],
+    customers: &[Customer],
+    decisions: &[(SourceRef, SourceRef, bool)],
+    settings: &MatchSettings,
+    mint: impl FnMut() -> Uuid,
+) -> Result<NeighbourhoodOutcome, Vec<OverrideError>> {
+    let pair = |a: &SourceRef, b: &SourceRef| {
+        if a <= b {
+            (a.clone(), b.clone())
+        } else {
+            (b.clone(), a.clone())
+        }
+    };
+    let never: BTreeSet<(SourceRef, SourceRef)> = decisions
+        .iter()
+        .filter(|(_, _, link)| !link)
+        .map(|(a, b, _)| pair(a, b))
+        .collect();
+    let mut must: BTreeSet<(SourceRef, SourceRef)> = decisions
+        .iter()
+        .filter(|(_, _, link)| *link)
+        .map(|(a, b, _)| pair(a, b))
+        .collect();
+    // Strong keys link outright: each holder of a key to the key's first holder.
+    let mut holders: BTreeMap<&str, Vec<&SourceRef>> = BTreeMap::new();
+    for node in nodes {
+        for key in node.keys.iter().filter(|k| is_strong_key(k)) {
+            holders.entry(key).or_default().push(&node.record);
+        }
+    }
+    for records in holders.values_mut() {
+        records.sort();
+        records.dedup();
+        for other in &records[1..] {
+            let link = pair(records[0], other);
+            if !never.contains(&link) {
+                must.insert(link);
+            }
+        }
+    }
+
+    let mut settings = settings.clone();
+    settings.estimate = false;
+    settings.must_link = must.into_iter().collect();
+    settings.never_link = never.into_iter().collect();
+    if customers.len() < PARALLEL_FROM {
+        settings.threads = 1;
+    }
+    let outcome = matcher::match_all(customers, &settings)?;
+
+    let index: HashMap<&SourceRef, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| (&node.record, i))
+        .collect();
+    let mut placed = vec![false; nodes.len()];
+    let mut components: Vec<Vec<usize>> = Vec::new();
+    for cluster in &outcome.clusters {
+        let members: Vec<usize> = cluster
+            .iter()
+            .filter_map(|r| index.get(r).copied())
+            .filter(|&i| !std::mem::replace(&mut placed[i], true))
+            .collect();
+        components.push(members);
+    }
+    for (i, done) in placed.iter().enumerate() {
+        if !done {
+            components.push(vec![i]);
+        }
+    }
+    let candidate_pairs = outcome.blocking.total_pairs;
+    Ok(NeighbourhoodOutcome {
+        resolution: assign(nodes, components, mint),
+        review: outcome.review,
+        candidate_pairs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Address, PartyKind};
+
+    fn company(id: &str, name: &str, email: &str, phone: &str) -> Customer {
+        Customer {
+            source: SourceRef {
+                system: "odoo".into(),
+                stream: "partners".into(),
+                source_id: id.into(),
+            },
+            kind: PartyKind::Organization,
+            full_name: Some(name.into()),
+            emails: vec![email.into()],
+            phones: vec![phone.into()],
+            addresses: vec![Address {
+                lines: vec!["Wallstraße 9".into()],
+                city: Some("Dresden".into()),
+                postcode: Some("01067".into()),
+                country: Some("DE".into()),
+                ..Address::default()
+            }],
+            ..Customer::default()
+        }
+    }
+
+    fn node(c: &Customer) -> LinkInput {
+        LinkInput {
+            record: c.source.clone(),
+            keys: vec![format!("email:{}", c.emails[0])],
+            current: None,
+        }
+    }
+
+    #[test]
+    fn companies_sharing_an_address_stay_apart() {
+        let mut person = company(
+            "21",
+            "Paula Neumann",
+            "paula@example.net",
+            "+49 351 5550001",
+        );
+        person.kind = PartyKind::Person;
+        let customers = [
+            company(
+                "7",
+                "Richter Feinkost OHG",
+                "info@richter.example",
+                "+49 351 1234567",
+            ),
+            company(
+                "8",
+                "Sommer Textil AG",
+                "einkauf@sommer.example",
+                "+49 351 7654321",
+            ),
+            person,
+            company(
+                "31",
+                "Fluidtechnik Rhein GmbH",
+                "vertrieb@fluid.example",
+                "+49 221 5550100",
+            ),
+        ];
+        let nodes: Vec<LinkInput> = customers.iter().map(node).collect();
+        let outcome = resolve_neighbourhood(
+            &nodes,
+            &customers,
+            &[],
+            &MatchSettings::default(),
+            Uuid::now_v7,
+        )
+        .unwrap();
+        assert_eq!(outcome.resolution.new_profiles.len(), 4, "{outcome:?}");
+    }
+}
