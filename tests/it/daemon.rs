@@ -84,9 +84,10 @@ async fn a_one_second_job_runs_repeatedly_without_overlap_and_stops_within_the_g
         })
         .await
         .unwrap();
-        let complete = got.2.as_ref().is_some_and(|(_, text)| {
-            conflux::metrics::ALL.iter().all(|name| text.contains(name))
-        });
+        let complete = got
+            .2
+            .as_ref()
+            .is_some_and(|(_, text)| conflux::metrics::ALL.iter().all(|name| text.contains(name)));
         scraped = Some(got);
         if complete {
             break;
