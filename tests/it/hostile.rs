@@ -1,0 +1,443 @@
+//! Hostile and broken input (the corpus in tests/fixtures/hostile/, the huge cases generated
+//! here): every case ends in a quarantine entry naming its file and line, or a clear error,
+//! never a crash, a hang or unbounded memory, and the good records of the same run still flow,
+//! counted exactly.
+
+use std::path::Path;
+use std::time::Duration;
+
+use conflux::pipeline::{self, RunSummary};
+use conflux::store::QuarantineRow;
+
+use crate::common::{load, postgres_url, project_with, read_feed, repo_root};
+
+const CONFIG: &str = r#"
+[store]
+url = "sqlite://.conflux/hostile.db"
+
+[feed]
+sink = "file"
+path = ".conflux/feed.ndjson"
+
+[identity]
+match_on = ["email"]
+
+[[job]]
+name = "drops"
+sync = ["drops"]
+"#;
+
+const MAPPING: &str = r#"
+entity = "customer"
+
+[fields]
+source_id = "id"
+name = { path = "name", transforms = ["trim"] }
+email = { path = "email", transforms = ["email"] }
+"#;
+
+/// What one run over hostile files left behind.
+struct Outcome {
+    summary: RunSummary,
+    quarantine: Vec<QuarantineRow>,
+    /// Source ids of the published profiles, sorted.
+    published: Vec<String>,
+}
+
+impl Outcome {
+    /// The single quarantine entry, with a readable failure when there is not exactly one.
+    fn only_entry(&self) -> &QuarantineRow {
+        assert_eq!(self.quarantine.len(), 1, "{:#?}", self.quarantine);
+        &self.quarantine[0]
+    }
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(repo_root().join("tests/fixtures/hostile").join(name)).unwrap()
+}
+
+fn connector(format: &str, records: Option<&str>) -> String {
+    let records = records.map_or_else(String::new, |r| format!("records = \"{r}\"\n"));
+    format!(
+        "kind = \"file\"\ndir = \"drops\"\n\n[[stream]]\nname = \"customers\"\npattern = \"*\"\n\
+         format = \"{format}\"\n{records}mapping = \"drops.customer\"\n"
+    )
+}
+
+/// Runs the `drops` job once over `files` (written into the connector's directory), with a
+/// time limit so a hang fails the test instead of stalling the suite.
+async fn run_files(format: &str, records: Option<&str>, files: &[(&str, &[u8])]) -> Outcome {
+    let connector = connector(format, records);
+    let mut all: Vec<(String, &[u8])> = vec![
+        ("config/hostile.toml".into(), CONFIG.as_bytes()),
+        ("connectors/drops.toml".into(), connector.as_bytes()),
+        ("mappings/drops.customer.toml".into(), MAPPING.as_bytes()),
+    ];
+    all.extend(files.iter().map(|(n, c)| (format!("drops/{n}"), *c)));
+    let borrowed: Vec<(&str, &[u8])> = all.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    let project = project_with(&borrowed);
+    run_project(project.path()).await
+}
+
+async fn run_project(project: &Path) -> Outcome {
+    let config = load(project, "config/hostile.toml");
+    let summary = tokio::time::timeout(Duration::from_secs(120), pipeline::run(&config, None))
+        .await
+        .expect("the run finishes")
+        .expect("the run succeeds");
+    let store = pipeline::open_store(&config).await.unwrap();
+    let mut quarantine = store.quarantine_rows(100).await.unwrap();
+    quarantine.sort_by(|a, b| a.source_ref.cmp(&b.source_ref));
+    let mut published: Vec<String> = read_feed(&project.join(".conflux/feed.ndjson"))
+        .iter()
+        .map(|event| {
+            event["data"]["sources"][0]["source_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    published.sort();
+    Outcome {
+        summary,
+        quarantine,
+        published,
+    }
+}
+
+fn counts(summary: &RunSummary) -> (u64, u64, u64) {
+    (
+        summary.records_read,
+        summary.records_mapped,
+        summary.records_quarantined,
+    )
+}
+
+#[tokio::test]
+async fn csv_with_an_unbalanced_quote_quarantines_the_rest_of_the_file_as_one_record() {
+    let file = fixture("unbalanced_quote.csv");
+    let out = run_files("csv", None, &[("in.csv", &file)]).await;
+    assert_eq!(counts(&out.summary), (3, 2, 1));
+    assert_eq!(out.published, ["h1", "h2"]);
+    let entry = out.only_entry();
+    assert_eq!(entry.source_ref, "in.csv:4");
+    assert!(
+        entry.reason.contains("line 4") && entry.reason.contains("never closed"),
+        "{}",
+        entry.reason
+    );
+    assert!(entry.raw.contains("Jonas Weber"), "{}", entry.raw);
+}
+
+#[tokio::test]
+async fn ragged_csv_rows_are_quarantined_with_their_lines() {
+    let file = fixture("ragged_rows.csv");
+    let out = run_files("csv", None, &[("in.csv", &file)]).await;
+    assert_eq!(counts(&out.summary), (4, 2, 2));
+    assert_eq!(out.published, ["r1", "r4"]);
+    let reasons: Vec<(&str, &str)> = out
+        .quarantine
+        .iter()
+        .map(|r| (r.source_ref.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("in.csv:3", "line 3: expected 3 fields, found 2"),
+            ("in.csv:4", "line 4: expected 3 fields, found 5"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_csv_row_with_invalid_utf8_is_quarantined() {
+    let file = fixture("invalid_utf8.csv");
+    let out = run_files("csv", None, &[("in.csv", &file)]).await;
+    assert_eq!(counts(&out.summary), (3, 2, 1));
+    assert_eq!(out.published, ["u1", "u3"]);
+    let entry = out.only_entry();
+    assert_eq!(entry.source_ref, "in.csv:3");
+    assert!(
+        entry.reason.contains("\"name\" is not valid UTF-8"),
+        "{}",
+        entry.reason
+    );
+}
+
+#[tokio::test]
+async fn truncated_json_keeps_the_complete_records() {
+    let file = fixture("truncated.json");
+    let out = run_files("json", None, &[("in.json", &file)]).await;
+    assert_eq!(counts(&out.summary), (3, 2, 1));
+    assert_eq!(out.published, ["t1", "t2"]);
+    let entry = out.only_entry();
+    assert!(entry.source_ref.starts_with("in.json:4"), "{entry:?}");
+    assert!(entry.reason.contains("EOF"), "{}", entry.reason);
+}
+
+#[tokio::test]
+async fn json_with_trailing_garbage_keeps_the_array_and_quarantines_the_garbage() {
+    let file = fixture("trailing_garbage.json");
+    let out = run_files("json", None, &[("in.json", &file)]).await;
+    assert_eq!(counts(&out.summary), (3, 2, 1));
+    assert_eq!(out.published, ["g1", "g2"]);
+    let entry = out.only_entry();
+    assert!(entry.source_ref.starts_with("in.json:4"), "{entry:?}");
+    assert!(entry.reason.contains("trailing"), "{}", entry.reason);
+}
+
+#[tokio::test]
+async fn a_json_record_with_invalid_utf8_is_quarantined() {
+    let file = fixture("invalid_utf8.json");
+    let out = run_files("json", None, &[("in.json", &file)]).await;
+    assert_eq!(out.summary.records_mapped, 1, "{:#?}", out.quarantine);
+    assert_eq!(out.published, ["v1"]);
+    let entry = out.only_entry();
+    assert!(entry.source_ref.starts_with("in.json:3"), "{entry:?}");
+    assert!(entry.reason.contains("UTF-8"), "{}", entry.reason);
+}
+
+#[tokio::test]
+async fn broken_ndjson_lines_are_quarantined_line_by_line() {
+    let file = fixture("broken.ndjson");
+    let out = run_files("ndjson", None, &[("in.ndjson", &file)]).await;
+    assert_eq!(counts(&out.summary), (4, 2, 2));
+    assert_eq!(out.published, ["n1", "n4"]);
+    let refs: Vec<&str> = out
+        .quarantine
+        .iter()
+        .map(|r| r.source_ref.as_str())
+        .collect();
+    assert_eq!(refs, ["in.ndjson:2", "in.ndjson:3"]);
+    assert!(
+        out.quarantine[0].reason.contains("UTF-8"),
+        "{}",
+        out.quarantine[0].reason
+    );
+}
+
+#[tokio::test]
+async fn malformed_xml_keeps_the_records_before_the_damage() {
+    let file = fixture("malformed.xml");
+    let out = run_files("xml", Some("CUSTOMERS/CUSTOMER"), &[("in.xml", &file)]).await;
+    assert_eq!(counts(&out.summary), (2, 1, 1));
+    assert_eq!(out.published, ["x1"]);
+    let entry = out.only_entry();
+    assert!(entry.source_ref.starts_with("in.xml:4"), "{entry:?}");
+    assert!(entry.reason.contains("nam"), "{}", entry.reason);
+}
+
+#[tokio::test]
+async fn an_xml_record_with_invalid_utf8_is_quarantined() {
+    let file = fixture("invalid_utf8.xml");
+    let out = run_files("xml", Some("CUSTOMERS/CUSTOMER"), &[("in.xml", &file)]).await;
+    assert_eq!(out.summary.records_mapped, 2, "{:#?}", out.quarantine);
+    assert_eq!(out.published, ["y1", "y3"]);
+    let entry = out.only_entry();
+    assert!(entry.source_ref.starts_with("in.xml:4"), "{entry:?}");
+    assert!(entry.reason.contains("UTF-8"), "{}", entry.reason);
+}
+
+#[tokio::test]
+async fn an_xml_entity_bomb_is_never_expanded() {
+    let file = fixture("entity_bomb.xml");
+    let out = run_files("xml", Some("CUSTOMERS/CUSTOMER"), &[("in.xml", &file)]).await;
+    assert_eq!(counts(&out.summary), (3, 2, 1));
+    assert_eq!(out.published, ["b1", "b3"]);
+    let entry = out.only_entry();
+    assert!(entry.source_ref.starts_with("in.xml:16"), "{entry:?}");
+    assert!(
+        entry.reason.contains("&lol9; is not expanded"),
+        "{}",
+        entry.reason
+    );
+    assert!(entry.raw.len() < 1000, "nothing was expanded: {}", entry.raw);
+}
+
+#[tokio::test]
+async fn an_xml_external_entity_is_never_resolved() {
+    let file = fixture("external_entity.xml");
+    let out = run_files("xml", Some("CUSTOMERS/CUSTOMER"), &[("in.xml", &file)]).await;
+    assert_eq!(counts(&out.summary), (3, 2, 1));
+    assert_eq!(out.published, ["e1", "e3"]);
+    let entry = out.only_entry();
+    assert!(entry.source_ref.starts_with("in.xml:7"), "{entry:?}");
+    assert!(
+        entry.reason.contains("&xxe; is not expanded"),
+        "{}",
+        entry.reason
+    );
+    assert!(!entry.raw.contains("root:"), "{}", entry.raw);
+}
+
+#[tokio::test]
+async fn json_nested_a_hundred_thousand_levels_deep_is_quarantined_without_a_stack_overflow() {
+    let depth = 100_000;
+    let mut file = br#"[{"id": "d1", "name": "Anna Berg", "email": "anna@example.com"},
+{"id": "d2", "name": "Otto Kranz", "email": "otto@example.com", "deep": "#
+        .to_vec();
+    file.extend(std::iter::repeat_n(b'[', depth));
+    file.extend(std::iter::repeat_n(b']', depth));
+    file.extend(
+        br#"},
+{"id": "d3", "name": "Eva Lind", "email": "eva@example.com"}]
+"#,
+    );
+    let out = run_files("json", None, &[("in.json", &file)]).await;
+    assert_eq!(out.summary.records_mapped, 2, "{:#?}", out.quarantine);
+    assert_eq!(out.published, ["d1", "d3"]);
+    let entry = out.only_entry();
+    assert!(entry.source_ref.starts_with("in.json:2"), "{entry:?}");
+    assert!(entry.reason.contains("deep"), "{}", entry.reason);
+}
+
+#[tokio::test]
+async fn a_file_pattern_with_dotdot_is_a_validation_error() {
+    let connector = connector("csv", None).replace("pattern = \"*\"", "pattern = \"../*.csv\"");
+    let project = project_with(&[
+        ("config/hostile.toml", CONFIG.as_bytes()),
+        ("connectors/drops.toml", connector.as_bytes()),
+        ("mappings/drops.customer.toml", MAPPING.as_bytes()),
+        ("in.csv", b"id,name,email\n"),
+        ("secret.csv", b"id,name,email\ns1,Secret,s@example.com\n"),
+    ]);
+    let diagnostics = conflux::config::load(&project.path().join("config/hostile.toml"))
+        .err()
+        .expect("a pattern leaving the directory does not load")
+        .to_string();
+    assert!(
+        diagnostics.contains("connectors/drops.toml:")
+            && diagnostics.contains("contains `..`; it must stay inside the connector directory"),
+        "{diagnostics}"
+    );
+}
+
+/// A file named `a..b.csv` is not an escape and still reads: only a `..` path component is.
+#[tokio::test]
+async fn dots_inside_a_file_name_are_not_an_escape() {
+    let out = run_files(
+        "csv",
+        None,
+        &[("a..b.csv", b"id,name,email\nk1,Anna Berg,anna@example.com\n")],
+    )
+    .await;
+    assert_eq!(counts(&out.summary), (1, 1, 0));
+}
+
+const HOSTILE_CURSOR: &str = "'; DROP TABLE hostile_people; --";
+
+fn sql_connector(url: &str, table: &str) -> String {
+    format!(
+        r#"
+kind = "sql"
+url = "{url}"
+
+[[stream]]
+name = "customers"
+query = "SELECT id, name, email, stamp FROM {table} WHERE stamp > :cursor ORDER BY stamp"
+cursor_column = "stamp"
+initial = "{}"
+mapping = "drops.customer"
+"#,
+        HOSTILE_CURSOR.replace('"', "\\\"")
+    )
+}
+
+/// Runs one incremental SQL stream whose initial cursor is an injection attempt; the table
+/// has two rows whose stamps sort after it (`a…` > `'…`) and one that sorts before.
+async fn hostile_cursor_run(url: &str, table: &str, project_dir: &Path) -> Outcome {
+    let connector = sql_connector(url, table);
+    std::fs::write(project_dir.join("connectors/drops.toml"), connector).unwrap();
+    run_project(project_dir).await
+}
+
+fn sql_project() -> tempfile::TempDir {
+    project_with(&[
+        ("config/hostile.toml", CONFIG.as_bytes()),
+        ("mappings/drops.customer.toml", MAPPING.as_bytes()),
+    ])
+}
+
+const PEOPLE: [(&str, &str, &str, &str); 3] = [
+    ("q1", "Anna Berg", "anna@example.com", "a-2024-05-01"),
+    ("q2", "Otto Kranz", "otto@example.com", "b-2024-05-02"),
+    // `!` sorts before `'`, so the cursor excludes it.
+    ("q0", "Old Row", "old@example.com", "!old"),
+];
+
+#[tokio::test]
+async fn a_cursor_with_sql_metacharacters_is_bound_on_sqlite() {
+    let project = sql_project();
+    let db = project.path().join("erp.db");
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+    let table = "hostile_people";
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE hostile_people (id TEXT, name TEXT, email TEXT, stamp TEXT)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        for (id, name, email, stamp) in PEOPLE {
+            sqlx::query("INSERT INTO hostile_people VALUES ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(name)
+                .bind(email)
+                .bind(stamp)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let out = hostile_cursor_run(&url, table, project.path()).await;
+    assert_eq!(counts(&out.summary), (2, 2, 0));
+    assert_eq!(out.published, ["q1", "q2"]);
+
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM hostile_people")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3, "the table is still there, untouched");
+}
+
+#[tokio::test]
+async fn a_cursor_with_sql_metacharacters_is_bound_on_postgres() {
+    let Some(url) = postgres_url() else { return };
+    let table = format!("hostile_{}", uuid::Uuid::now_v7().simple());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let create =
+        format!("CREATE TABLE {table} (id TEXT, name TEXT, email TEXT, stamp TEXT COLLATE \"C\")");
+    sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&pool)
+        .await
+        .unwrap();
+    for (id, name, email, stamp) in PEOPLE {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} VALUES ($1, $2, $3, $4)"
+        )))
+        .bind(id)
+        .bind(name)
+        .bind(email)
+        .bind(stamp)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let project = sql_project();
+    let out = hostile_cursor_run(&url, &table, project.path()).await;
+    assert_eq!(counts(&out.summary), (2, 2, 0));
+    assert_eq!(out.published, ["q1", "q2"]);
+    let (rows,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM {table}"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 3, "the table is still there, untouched");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
