@@ -412,7 +412,11 @@ impl<R: io::Read> RecordLimit<R> {
         match self.skipping {
             None => {
                 self.push(byte);
-                self.record_bytes = if record_ends { 0 } else { self.record_bytes + 1 };
+                self.record_bytes = if record_ends {
+                    0
+                } else {
+                    self.record_bytes + 1
+                };
                 if self.record_bytes > self.max {
                     self.skipping = Some(self.in_quotes);
                     self.cuts.push_back(Cut {
@@ -516,7 +520,11 @@ mod tests {
         assert_eq!(quoted.origin.line, Some(4));
         assert_eq!(quoted.reason, "line 4: record longer than 100 bytes");
         let escaped = record(&items[3]);
-        assert_eq!(escaped.origin.line, Some(7), "dropped line breaks are counted");
+        assert_eq!(
+            escaped.origin.line,
+            Some(7),
+            "dropped line breaks are counted"
+        );
         assert_eq!(escaped.value["name"], "a \"b\" c");
         assert_eq!(record(&items[4]).origin.line, Some(8));
     }
