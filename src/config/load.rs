@@ -31,11 +31,12 @@ pub(crate) type Compile<'a> = &'a dyn Fn(&str, &str) -> Result<Mapping, Vec<Spec
 const MAX_PASSES: usize = 20;
 
 /// Loads and validates a deployment: the config file at `config_path`, every connector and
-/// every mapping file. `${VAR}` references resolve from the process environment.
+/// every mapping file. `${VAR}` references resolve from the process environment,
+/// `${file:/path}` ones from secret files.
 pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
     load_with(
         config_path,
-        &|name| std::env::var(name).ok(),
+        &super::env::lookup,
         &Mapping::parse,
     )
 }
