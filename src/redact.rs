@@ -51,16 +51,27 @@ pub fn register_secret(value: &str) {
     if value.chars().count() < MIN_SECRET_LEN {
         return;
     }
-    let mut secrets = SECRETS.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut secrets = SECRETS
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     secrets.insert(value.to_string());
 }
 
 /// Whether a variable with this name holds a secret by its name.
 pub fn is_secret_name(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    ["PASSWORD", "PASSWD", "PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "AUTH"]
-        .iter()
-        .any(|word| upper.contains(word))
+    [
+        "PASSWORD",
+        "PASSWD",
+        "PASS",
+        "SECRET",
+        "TOKEN",
+        "KEY",
+        "CREDENTIAL",
+        "AUTH",
+    ]
+    .iter()
+    .any(|word| upper.contains(word))
 }
 
 /// The password of a `scheme://user:password@host` URL, if it has one.
@@ -75,7 +86,9 @@ pub fn url_password(url: &str) -> Option<&str> {
 /// `text` with every registered secret replaced by [`MASK`], longest first so a secret that
 /// contains another is masked whole.
 pub fn redact(text: &str) -> Cow<'_, str> {
-    let secrets = SECRETS.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let secrets = SECRETS
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if !secrets.iter().any(|secret| text.contains(secret.as_str())) {
         return Cow::Borrowed(text);
     }
@@ -118,9 +131,9 @@ pub fn mask_phone(phone: &str) -> String {
 pub fn mask_personal(text: &str) -> Cow<'_, str> {
     let emails = EMAIL.replace_all(text, |caps: &regex::Captures<'_>| mask_email(&caps[0]));
     match emails {
-        Cow::Borrowed(text) => PHONE.replace_all(text, |caps: &regex::Captures<'_>| {
-            mask_phone(&caps[0])
-        }),
+        Cow::Borrowed(text) => {
+            PHONE.replace_all(text, |caps: &regex::Captures<'_>| mask_phone(&caps[0]))
+        }
         Cow::Owned(text) => Cow::Owned(
             PHONE
                 .replace_all(&text, |caps: &regex::Captures<'_>| mask_phone(&caps[0]))

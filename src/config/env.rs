@@ -238,7 +238,11 @@ mod tests {
         let key = format!("{FILE_PREFIX}{}", path.display());
         assert_eq!(lookup(&key).as_deref(), Some("t0ken-value"));
         std::fs::write(&path, "two\nlines\n\n").unwrap();
-        assert_eq!(lookup(&key).as_deref(), Some("two\nlines\n"), "only one line break goes");
+        assert_eq!(
+            lookup(&key).as_deref(),
+            Some("two\nlines\n"),
+            "only one line break goes"
+        );
         assert_eq!(lookup(&format!("{FILE_PREFIX}/nonexistent/x")), None);
     }
 

@@ -34,11 +34,7 @@ const MAX_PASSES: usize = 20;
 /// every mapping file. `${VAR}` references resolve from the process environment,
 /// `${file:/path}` ones from secret files.
 pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
-    load_with(
-        config_path,
-        &super::env::lookup,
-        &Mapping::parse,
-    )
+    load_with(config_path, &super::env::lookup, &Mapping::parse)
 }
 
 /// [`load`] with the environment and the mapping compiler given.

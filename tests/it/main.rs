@@ -14,4 +14,6 @@ mod identity; // stable ids across runs, merges into the older id, splits
 mod presets; // SAP, Business Central and Odoo presets end to end against fake servers
 mod samples; // real public ERP payloads through the shipped mappings
 mod schema; // the committed JSON Schema of the feed matches the types
+mod secrets; // secrets from the environment and secret files never appear in output, errors or logs
 mod sql; // kind = "sql" connectors against PostgreSQL: bound watermark, incremental runs
+mod tls; // HTTPS sources behind a private CA (tls.ca_file)
