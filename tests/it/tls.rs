@@ -149,3 +149,38 @@ fn a_ca_file_that_is_not_pem_is_refused_when_the_source_starts() {
         .to_string();
     assert!(error.contains("erp-ca.pem holds no certificate"), "{error}");
 }
+
+#[test]
+fn an_amqps_feed_url_validates() {
+    let project = project(1, "");
+    let config = CONFIG.replace(
+        "sink = \"file\"\npath = \".conflux/feed.ndjson\"",
+        "sink = \"amqp\"\namqp = { url = \"amqps://app:pw@broker.internal:5671/%2f\", exchange = \"conflux.customers\" }",
+    );
+    std::fs::write(project.path().join("config/tls.toml"), config).unwrap();
+    let config = load(project.path(), "config/tls.toml");
+    assert!(matches!(
+        config.feed.sink,
+        conflux::config::SinkConfig::Amqp { ref url, .. } if url.starts_with("amqps://")
+    ));
+}
+
+/// lapin's default `rustls` feature makes `amqps://` a TLS connection verified against the
+/// system roots: a broker on a certificate from an unknown CA is refused during the handshake.
+#[tokio::test]
+async fn an_amqps_connection_speaks_tls_and_verifies_the_certificate() {
+    let port = https_server().await;
+    let sink = conflux::sink::amqp::AmqpSink::new(
+        format!("amqps://guest:guest@localhost:{port}/%2f"),
+        "conflux.customers".into(),
+    );
+    let error = tokio::time::timeout(std::time::Duration::from_secs(30), sink.probe())
+        .await
+        .expect("the probe ends")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.to_lowercase().contains("certificate") || error.contains("UnknownIssuer"),
+        "{error}"
+    );
+}
