@@ -826,7 +826,10 @@ batch_size = 50
 
     #[test]
     fn the_operations_endpoints_listen_on_loopback_unless_configured() {
-        assert!(DEFAULT_OPS_LISTEN.ip().is_loopback(), "{DEFAULT_OPS_LISTEN}");
+        assert!(
+            DEFAULT_OPS_LISTEN.ip().is_loopback(),
+            "{DEFAULT_OPS_LISTEN}"
+        );
         assert_eq!(DEFAULT_OPS_LISTEN.port(), 9464);
     }
 
