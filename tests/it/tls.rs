@@ -127,8 +127,7 @@ async fn an_https_source_on_a_private_ca_works_with_tls_ca_file() {
 fn a_missing_ca_file_is_a_validation_error_naming_the_line() {
     let project = project(1, "tls = { ca_file = \"certs/nope.pem\" }");
     let diagnostics = conflux::config::load(&project.path().join("config/tls.toml"))
-        .err()
-        .expect("a missing CA file does not validate")
+        .expect_err("a missing CA file does not validate")
         .to_string();
     assert!(
         diagnostics.contains("connectors/erp.toml:4:")
