@@ -19,6 +19,21 @@ use crate::schedule;
 use crate::source::RawItem;
 use crate::source::file::{FileFormat, FileStreamSettings, TextEncoding, read_file};
 
+/// `println!` with every registered secret masked ([`crate::redact`]): operator output may
+/// quote a value that came from a secret.
+macro_rules! println_redacted {
+    ($($arg:tt)*) => {
+        println!("{}", crate::redact::redact(&format!($($arg)*)))
+    };
+}
+
+/// `eprintln!` with every registered secret masked, for errors that may quote a secret.
+macro_rules! eprintln_redacted {
+    ($($arg:tt)*) => {
+        eprintln!("{}", crate::redact::redact(&format!($($arg)*)))
+    };
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "conflux",
@@ -129,7 +144,7 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            eprintln_redacted!("error: cannot start the async runtime: {error}");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
@@ -141,7 +156,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::redact::RedactingWriter::new(std::io::stderr))
         .with_target(false)
         .try_init();
 }
@@ -151,14 +166,14 @@ pub async fn execute(cli: Cli) -> u8 {
     let config = match config::load(&cli.config) {
         Ok(config) => config,
         Err(diagnostics) => {
-            eprintln!("{diagnostics}");
-            eprintln!("{} error(s); nothing was run", diagnostics.0.len());
+            eprintln_redacted!("{diagnostics}");
+            eprintln_redacted!("{} error(s); nothing was run", diagnostics.0.len());
             return EXIT_INVALID;
         }
     };
     match cli.command {
         Command::Validate { check_connections } => {
-            println!(
+            println_redacted!(
                 "{}: ok ({} connectors, {} mappings, {} jobs)",
                 cli.config.display(),
                 config.connectors.len(),
@@ -196,10 +211,10 @@ async fn check_connections_of(config: &Config) -> u8 {
     use crate::source::Source;
     let mut failed = 0usize;
     let mut report = |what: String, outcome: Result<String, String>| match outcome {
-        Ok(detail) => println!("ok     {what}: {detail}"),
+        Ok(detail) => println_redacted!("ok     {what}: {detail}"),
         Err(error) => {
             failed += 1;
-            println!("FAILED {what}: {error}");
+            println_redacted!("FAILED {what}: {error}");
         }
     };
     let used: std::collections::BTreeSet<&str> = config
@@ -209,7 +224,7 @@ async fn check_connections_of(config: &Config) -> u8 {
         .collect();
     for connector in config.connectors.values() {
         if !used.contains(connector.id.as_str()) {
-            println!("skip   connector {}: no job syncs it", connector.id);
+            println_redacted!("skip   connector {}: no job syncs it", connector.id);
             continue;
         }
         match &connector.transport {
@@ -294,7 +309,7 @@ async fn check_connections_of(config: &Config) -> u8 {
         }
     }
     if failed > 0 {
-        eprintln!("{failed} connection check(s) failed");
+        eprintln_redacted!("{failed} connection check(s) failed");
         EXIT_RUNTIME
     } else {
         EXIT_OK
@@ -304,7 +319,7 @@ async fn check_connections_of(config: &Config) -> u8 {
 async fn run(config: &Config, job: Option<&str>) -> u8 {
     match pipeline::run(config, job).await {
         Ok(summary) => {
-            println!("{summary}");
+            println_redacted!("{summary}");
             EXIT_OK
         }
         Err(PipelineError::Undelivered {
@@ -313,14 +328,14 @@ async fn run(config: &Config, job: Option<&str>) -> u8 {
             error,
             summary,
         }) => {
-            println!("{summary}");
-            eprintln!(
+            println_redacted!("{summary}");
+            eprintln_redacted!(
                 "error: {pending} events undelivered to {destination}: {error}; they stay in the outbox and the next run delivers them"
             );
             EXIT_RUNTIME
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln_redacted!("error: {error}");
             EXIT_RUNTIME
         }
     }
@@ -334,7 +349,7 @@ async fn daemon(config: &Config, grace: Duration) -> u8 {
     ) {
         (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
         (Err(error), _) | (_, Err(error)) => {
-            eprintln!("error: cannot listen for stop signals: {error}");
+            eprintln_redacted!("error: cannot listen for stop signals: {error}");
             return EXIT_RUNTIME;
         }
     };
@@ -347,7 +362,7 @@ async fn daemon(config: &Config, grace: Duration) -> u8 {
     match schedule::run_daemon(config, shutdown, grace).await {
         Ok(()) => EXIT_OK,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln_redacted!("error: {error}");
             EXIT_RUNTIME
         }
     }
@@ -364,7 +379,7 @@ async fn list_runs(config: &Config, limit: i64) -> u8 {
                 let finished = run
                     .finished_at
                     .map_or_else(|| "-".to_string(), |at| at.to_string());
-                println!(
+                println_redacted!(
                     "#{} {} {} .. {} {} {}",
                     run.id,
                     run.job,
@@ -374,11 +389,11 @@ async fn list_runs(config: &Config, limit: i64) -> u8 {
                     run.summary.as_deref().unwrap_or("-")
                 );
             }
-            println!("{} job runs shown", runs.len());
+            println_redacted!("{} job runs shown", runs.len());
             EXIT_OK
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln_redacted!("error: {error}");
             EXIT_RUNTIME
         }
     }
@@ -409,7 +424,7 @@ fn mapping_context(config: &Config, mapping: &str) -> (String, String, Vec<serde
 
 fn test(config: &Config, only: &[String]) -> u8 {
     if let Some(unknown) = only.iter().find(|m| !config.mappings.contains_key(*m)) {
-        eprintln!("error: no mapping named {unknown:?}");
+        eprintln_redacted!("error: no mapping named {unknown:?}");
         return EXIT_INVALID;
     }
     let (mut passed, mut failed) = (0usize, 0usize);
@@ -431,35 +446,35 @@ fn test(config: &Config, only: &[String]) -> u8 {
             match &outcome.failure {
                 None => {
                     passed += 1;
-                    println!("ok     {id} [{name}]");
+                    println_redacted!("ok     {id} [{name}]");
                 }
                 Some(failure) => {
                     failed += 1;
-                    println!("FAILED {id} [{name}]: {failure}");
+                    println_redacted!("FAILED {id} [{name}]: {failure}");
                 }
             }
         }
     }
-    println!("mappings: {passed} passed, {failed} failed");
+    println_redacted!("mappings: {passed} passed, {failed} failed");
     if failed > 0 { EXIT_INVALID } else { EXIT_OK }
 }
 
 fn preview(config: &Config, mapping_id: &str, sample: &Path, limit: usize) -> u8 {
     let Some(mapping) = config.mappings.get(mapping_id) else {
-        eprintln!("error: no mapping named {mapping_id:?}");
+        eprintln_redacted!("error: no mapping named {mapping_id:?}");
         return EXIT_INVALID;
     };
     let settings = match preview_settings(config, mapping_id, sample) {
         Ok(settings) => settings,
         Err(message) => {
-            eprintln!("error: {message}");
+            eprintln_redacted!("error: {message}");
             return EXIT_INVALID;
         }
     };
     let items = match read_file(sample, &settings) {
         Ok(items) => items,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln_redacted!("error: {error}");
             return EXIT_RUNTIME;
         }
     };
@@ -476,7 +491,7 @@ fn preview(config: &Config, mapping_id: &str, sample: &Path, limit: usize) -> u8
             RawItem::Broken(broken) => {
                 failed += 1;
                 if shown {
-                    println!("ERROR {}: {}", broken.origin, broken.reason);
+                    println_redacted!("ERROR {}: {}", broken.origin, broken.reason);
                 }
             }
             RawItem::Record(raw) => match mapping.apply(&raw.value, &ctx) {
@@ -484,19 +499,19 @@ fn preview(config: &Config, mapping_id: &str, sample: &Path, limit: usize) -> u8
                     ok += 1;
                     if shown {
                         let json = serde_json::to_string_pretty(&record).unwrap_or_default();
-                        println!("{}:\n{json}", raw.origin);
+                        println_redacted!("{}:\n{json}", raw.origin);
                     }
                 }
                 Err(error) => {
                     failed += 1;
                     if shown {
-                        println!("ERROR {}: {error}", raw.origin);
+                        println_redacted!("ERROR {}: {error}", raw.origin);
                     }
                 }
             },
         }
     }
-    println!("{} records: {ok} mapped, {failed} failed", items.len());
+    println_redacted!("{} records: {ok} mapped, {failed} failed", items.len());
     if failed > 0 { EXIT_INVALID } else { EXIT_OK }
 }
 
@@ -563,7 +578,7 @@ async fn show_profile(config: &Config, key: &str) -> u8 {
     let store = match pipeline::open_store(config).await {
         Ok(store) => store,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln_redacted!("error: {error}");
             return EXIT_RUNTIME;
         }
     };
@@ -574,7 +589,7 @@ async fn show_profile(config: &Config, key: &str) -> u8 {
     let ids = match ids {
         Ok(ids) => ids,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln_redacted!("error: {error}");
             return EXIT_RUNTIME;
         }
     };
@@ -583,20 +598,20 @@ async fn show_profile(config: &Config, key: &str) -> u8 {
         match store.profile(id).await {
             Ok(Some(profile)) => {
                 found += 1;
-                println!(
+                println_redacted!(
                     "{}",
                     serde_json::to_string_pretty(&profile).unwrap_or_default()
                 );
             }
             Ok(None) => {}
             Err(error) => {
-                eprintln!("error: {error}");
+                eprintln_redacted!("error: {error}");
                 return EXIT_RUNTIME;
             }
         }
     }
     if found == 0 {
-        eprintln!("no profile found for {key:?}");
+        eprintln_redacted!("no profile found for {key:?}");
         return EXIT_INVALID;
     }
     EXIT_OK
@@ -610,7 +625,7 @@ async fn list_quarantine(config: &Config, limit: i64) -> u8 {
     match rows {
         Ok(rows) => {
             for row in &rows {
-                println!(
+                println_redacted!(
                     "#{} run {} {}/{} {}: {}",
                     row.id,
                     row.run_id.map_or("-".into(), |r| r.to_string()),
@@ -620,11 +635,11 @@ async fn list_quarantine(config: &Config, limit: i64) -> u8 {
                     row.reason
                 );
             }
-            println!("{} quarantined records shown", rows.len());
+            println_redacted!("{} quarantined records shown", rows.len());
             EXIT_OK
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln_redacted!("error: {error}");
             EXIT_RUNTIME
         }
     }

@@ -15,6 +15,7 @@ pub mod model;
 pub mod ops;
 pub mod pipeline;
 pub mod profile;
+pub mod redact;
 pub mod resolver;
 pub mod schedule;
 pub mod sink;

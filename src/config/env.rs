@@ -1,16 +1,46 @@
-//! `${VAR}` references in string values, resolved from the environment after parsing.
+//! `${VAR}` and `${file:/path}` references in string values, resolved after parsing.
 //!
 //! [`expand`] rewrites one string value: `${NAME}` anywhere inside it is replaced by the
-//! variable's value and `$${` stands for a literal `${`. Resolution happens on values already
+//! variable's value, `${file:/run/secrets/db_password}` by the content of that file with one
+//! trailing line break removed (the form secret stores such as Docker and Kubernetes mount),
+//! and `$${` stands for a literal `${`. A secret file path must be absolute, so its meaning does
+//! not depend on the directory the daemon starts in. The lookup of a file reference goes
+//! through the same [`Env`] function with the key `file:/path` ([`lookup`] is the real one),
+//! so resolution itself does no I/O. Resolution happens on values already
 //! deserialized, so TOML spans keep pointing at the text the operator wrote. The environment is
 //! a lookup function ([`Env`]) rather than `std::env` directly, so tests provide their own.
 //!
-//! Invariant: no error message ever contains a variable's value, only its name.
+//! Every resolved value that is a secret by its source (a secret file, a variable named like a
+//! password or token, the password of a URL) is registered with [`crate::redact`], which masks
+//! it in everything printed from then on.
+//!
+//! Invariant: no error message ever contains a variable's value or a secret file's content,
+//! only the variable's name or the file's path.
 
 use std::fmt;
 
-/// Looks up one environment variable.
+/// Looks up one environment variable, or with a `file:` prefix one secret file.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The prefix of a secret-file reference: `${file:/run/secrets/name}`.
+pub const FILE_PREFIX: &str = "file:";
+
+/// The real lookup: `file:/path` reads that file (one trailing `\n` or `\r\n` removed),
+/// anything else is an environment variable.
+pub fn lookup(name: &str) -> Option<String> {
+    match name.strip_prefix(FILE_PREFIX) {
+        Some(path) => std::fs::read_to_string(path).ok().map(|mut text| {
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            text
+        }),
+        None => std::env::var(name).ok(),
+    }
+}
 
 /// A string value after resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +55,10 @@ pub(crate) struct Expanded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EnvError {
     Missing(String),
+    /// A secret file that cannot be read, by its path.
+    SecretFile(String),
+    /// A secret file path that is not absolute.
+    RelativeSecretFile(String),
     Unterminated,
     InvalidName(String),
 }
@@ -33,6 +67,14 @@ impl fmt::Display for EnvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EnvError::Missing(name) => write!(f, "environment variable {name} is not set"),
+            EnvError::SecretFile(path) => write!(
+                f,
+                "secret file {path} cannot be read (missing, or not readable by this process)"
+            ),
+            EnvError::RelativeSecretFile(path) => write!(
+                f,
+                "secret file path `{path}` is not absolute; write `${{file:/full/path}}`"
+            ),
             EnvError::Unterminated => {
                 write!(f, "unterminated `${{` (write `$${{` for a literal `${{`)")
             }
@@ -66,9 +108,24 @@ pub(crate) fn expand(raw: &str, env: Env<'_>, required: bool) -> Result<Expanded
                 break;
             };
             let name = &after[..close];
-            if !is_variable_name(name) {
+            if let Some(path) = name.strip_prefix(FILE_PREFIX) {
+                if !std::path::Path::new(path).is_absolute() {
+                    errors.push(EnvError::RelativeSecretFile(path.to_string()));
+                } else if let Some(found) = env(name) {
+                    crate::redact::register_secret(&found);
+                    value.push_str(&found);
+                    from_env = true;
+                } else if required {
+                    errors.push(EnvError::SecretFile(path.to_string()));
+                } else {
+                    value.push_str(&tail[..close + 3]);
+                }
+            } else if !is_variable_name(name) {
                 errors.push(EnvError::InvalidName(name.to_string()));
             } else if let Some(found) = env(name) {
+                if crate::redact::is_secret_name(name) {
+                    crate::redact::register_secret(&found);
+                }
                 value.push_str(&found);
                 from_env = true;
             } else if required {
@@ -83,6 +140,9 @@ pub(crate) fn expand(raw: &str, env: Env<'_>, required: bool) -> Result<Expanded
         }
     }
     value.push_str(rest);
+    if from_env && let Some(password) = crate::redact::url_password(&value) {
+        crate::redact::register_secret(password);
+    }
     if errors.is_empty() {
         Ok(Expanded { value, from_env })
     } else {
@@ -104,6 +164,7 @@ mod tests {
 
     fn env(name: &str) -> Option<String> {
         match name {
+            "file:/run/secrets/db" => Some("pa:ss@word".into()),
             "HOST" => Some("broker.internal".into()),
             "PASSWORD" => Some("s3cr3t".into()),
             _ => None,
@@ -148,6 +209,41 @@ mod tests {
     fn optional_resolution_keeps_unset_references_verbatim() {
         let expanded = expand("${HOST}/${UNSET_DIR}/x", &env, false).unwrap();
         assert_eq!(expanded.value, "broker.internal/${UNSET_DIR}/x");
+    }
+
+    #[test]
+    fn secret_files_resolve_through_the_lookup_and_are_marked_secret() {
+        let expanded = expand("postgres://app:${file:/run/secrets/db}@db/x", &env, true).unwrap();
+        assert_eq!(expanded.value, "postgres://app:pa:ss@word@db/x");
+        assert!(expanded.from_env);
+        let errors: Vec<String> = expand("${file:/run/secrets/nope}${file:secrets/db}", &env, true)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "secret file /run/secrets/nope cannot be read (missing, or not readable by this process)",
+                "secret file path `secrets/db` is not absolute; write `${file:/full/path}`"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_real_lookup_reads_a_secret_file_without_its_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "t0ken-value\r\n").unwrap();
+        let key = format!("{FILE_PREFIX}{}", path.display());
+        assert_eq!(lookup(&key).as_deref(), Some("t0ken-value"));
+        std::fs::write(&path, "two\nlines\n\n").unwrap();
+        assert_eq!(
+            lookup(&key).as_deref(),
+            Some("two\nlines\n"),
+            "only one line break goes"
+        );
+        assert_eq!(lookup(&format!("{FILE_PREFIX}/nonexistent/x")), None);
     }
 
     #[test]

@@ -31,13 +31,10 @@ pub(crate) type Compile<'a> = &'a dyn Fn(&str, &str) -> Result<Mapping, Vec<Spec
 const MAX_PASSES: usize = 20;
 
 /// Loads and validates a deployment: the config file at `config_path`, every connector and
-/// every mapping file. `${VAR}` references resolve from the process environment.
+/// every mapping file. `${VAR}` references resolve from the process environment,
+/// `${file:/path}` ones from secret files.
 pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
-    load_with(
-        config_path,
-        &|name| std::env::var(name).ok(),
-        &Mapping::parse,
-    )
+    load_with(config_path, &super::env::lookup, &Mapping::parse)
 }
 
 /// [`load`] with the environment and the mapping compiler given.

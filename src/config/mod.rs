@@ -827,6 +827,15 @@ batch_size = 50
     }
 
     #[test]
+    fn the_operations_endpoints_listen_on_loopback_unless_configured() {
+        assert!(
+            DEFAULT_OPS_LISTEN.ip().is_loopback(),
+            "{DEFAULT_OPS_LISTEN}"
+        );
+        assert_eq!(DEFAULT_OPS_LISTEN.port(), 9464);
+    }
+
+    #[test]
     fn ops_listen_is_a_socket_address() {
         let tree = Tree::new();
         assert_eq!(tree.load(&[]).unwrap().ops_listen, None);

@@ -191,10 +191,20 @@ pub struct HttpConnectorSpec {
     pub max_response_mb: Option<u64>,
     /// Per-request timeout, e.g. "30s"; default 30 s.
     pub timeout: Option<Spanned<String>>,
+    /// TLS settings for `https://` base URLs.
+    pub tls: Option<TlsSpec>,
     /// As for file connectors.
     pub empty_values: Option<Vec<toml::Value>>,
     #[serde(rename = "stream")]
     pub streams: Vec<HttpStreamSpec>,
+}
+
+/// `tls = { ca_file = "certs/erp-ca.pem" }`: PEM certificates trusted in addition to the
+/// system's roots, for an ERP behind a company CA. Relative to the project root.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    pub ca_file: Spanned<String>,
 }
 
 /// `auth = { type = "basic" | "bearer" | "api_key" | "oauth2", ... }`. Values may hold

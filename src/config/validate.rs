@@ -918,7 +918,9 @@ fn check_connector(
         ConnectorSpec::File(spec) => {
             check_file_connector(connector, spec, root, mapping_ids, checker)
         }
-        ConnectorSpec::Http(spec) => check_http_connector(connector, spec, mapping_ids, checker),
+        ConnectorSpec::Http(spec) => {
+            check_http_connector(connector, spec, root, mapping_ids, checker)
+        }
         ConnectorSpec::Sql(spec) => check_sql_connector(connector, spec, mapping_ids, checker),
     }
 }
@@ -1028,6 +1030,7 @@ fn check_mapping_ref(
 fn check_http_connector(
     connector: &ConnectorFile,
     spec: &HttpConnectorSpec,
+    root: &Path,
     mapping_ids: &BTreeSet<String>,
     checker: &mut Checker,
 ) -> Option<ConnectorConfig> {
@@ -1098,6 +1101,23 @@ fn check_http_connector(
         None => Some(DEFAULT_MAX_RESPONSE_BYTES),
     };
     let empty_values = check_empty_values(spec.empty_values.as_deref(), checker);
+    let ca_file = match &spec.tls {
+        None => Some(None),
+        Some(tls) => checker.text(&tls.ca_file).and_then(|file| {
+            let path = root.join(&file.value);
+            // Only a file that exists is accepted; whether it is PEM is checked when the
+            // client is built, so `validate` stays free of certificate parsing.
+            if path.is_file() || (!checker.required && file.value.contains("${")) {
+                Some(Some(path))
+            } else {
+                checker.error(
+                    file.span.start,
+                    format!("tls.ca_file {} is not a file", file.shown()),
+                );
+                None
+            }
+        }),
+    };
 
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut streams = Vec::new();
@@ -1238,6 +1258,7 @@ fn check_http_connector(
                 requests_per_second: rate_limit?,
                 max_response_bytes: max_response_bytes?,
                 timeout: timeout?,
+                ca_file: ca_file.clone()?,
             })
         })();
         streams.push((|| {
@@ -1388,10 +1409,17 @@ fn check_auth(
 ) -> Option<crate::source::http::Auth> {
     use crate::source::http::{ApiKeyLocation, Auth};
     let at = auth.span().start;
-    let secret = |raw: &str, checker: &mut Checker| checker.resolve(raw, at).map(|(v, _)| v);
+    let plain = |raw: &str, checker: &mut Checker| checker.resolve(raw, at).map(|(v, _)| v);
+    // Passwords, tokens, keys and client secrets are masked in everything printed from now
+    // on, whatever their variable is called.
+    let secret = |raw: &str, checker: &mut Checker| {
+        let value = checker.resolve(raw, at).map(|(v, _)| v)?;
+        crate::redact::register_secret(&value);
+        Some(value)
+    };
     match auth.get_ref() {
         AuthSpec::Basic { username, password } => Some(Auth::Basic {
-            username: secret(username, checker)?,
+            username: plain(username, checker)?,
             password: secret(password, checker)?,
         }),
         AuthSpec::Bearer { token } => Some(Auth::Bearer {
@@ -1425,8 +1453,8 @@ fn check_auth(
             client_secret,
             scope,
         } => Some(Auth::OAuth2ClientCredentials {
-            token_url: secret(token_url, checker)?,
-            client_id: secret(client_id, checker)?,
+            token_url: plain(token_url, checker)?,
+            client_id: plain(client_id, checker)?,
             client_secret: secret(client_secret, checker)?,
             scope: scope.clone(),
         }),

@@ -8,21 +8,29 @@
 //! read (not UTF-8, duplicate column names) makes the whole file one broken item, since no row
 //! could be keyed reliably.
 //!
+//! Memory is bounded per record: [`RecordLimit`] cuts any record longer than
+//! [`MAX_CSV_RECORD`] bytes, which becomes one broken item naming its line, and the rows after
+//! it still flow with their true line numbers. A quote that is never closed swallows the rest
+//! of the file into one record (the csv format has no other reading of it); that record is
+//! broken with a reason that says so.
+//!
 //! Line endings are normalised to `\n` before parsing ([`LfLines`]): the csv crate counts
 //! the line of a record that follows a `\r\n` one too low, and reported lines must match
 //! what an editor shows. A `\r\n` inside a quoted field becomes `\n` as well.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufRead};
 
 use serde_json::{Map, Value};
 
-use super::file::{DecodingReader, FileStreamSettings, capped_raw};
+use super::file::{DecodingReader, FileStreamSettings, RAW_CAP, capped_raw};
 use super::{BrokenRecord, Origin, RawItem, RawRecord};
 
 pub(crate) struct CsvRecords<R: BufRead> {
-    reader: ::csv::Reader<LfLines<DecodingReader<R>>>,
+    reader: ::csv::Reader<RecordLimit<LfLines<DecodingReader<R>>>>,
     headers: Option<Vec<String>>,
+    /// Line breaks dropped by [`RecordLimit`] cuts so far, added to the parser's line numbers.
+    lines_dropped: u64,
     location: String,
     delimiter: u8,
     row: ::csv::ByteRecord,
@@ -32,6 +40,17 @@ pub(crate) struct CsvRecords<R: BufRead> {
 
 impl<R: BufRead> CsvRecords<R> {
     pub(crate) fn new(input: R, settings: &FileStreamSettings, location: &str) -> CsvRecords<R> {
+        CsvRecords::with_limit(input, settings, location, MAX_CSV_RECORD)
+    }
+
+    /// [`CsvRecords::new`] with records cut at `max_record` bytes instead of
+    /// [`MAX_CSV_RECORD`], so tests can exercise the limit with small inputs.
+    fn with_limit(
+        input: R,
+        settings: &FileStreamSettings,
+        location: &str,
+        max_record: u64,
+    ) -> CsvRecords<R> {
         let reader = ::csv::ReaderBuilder::new()
             .delimiter(settings.delimiter)
             .quote(settings.quote)
@@ -39,13 +58,16 @@ impl<R: BufRead> CsvRecords<R> {
             // Field counts are checked here, so a short row becomes one broken item instead of
             // an error that would end the file.
             .flexible(true)
-            .from_reader(LfLines::new(DecodingReader::new(
-                input,
-                settings.encoding.encoding(),
-            )));
+            .from_reader(RecordLimit::new(
+                LfLines::new(DecodingReader::new(input, settings.encoding.encoding())),
+                settings.delimiter,
+                settings.quote,
+                max_record,
+            ));
         CsvRecords {
             reader,
             headers: None,
+            lines_dropped: 0,
             location: location.to_string(),
             delimiter: settings.delimiter,
             row: ::csv::ByteRecord::new(),
@@ -69,7 +91,18 @@ impl<R: BufRead> CsvRecords<R> {
     }
 
     fn raw_row(&self, row: &::csv::ByteRecord) -> String {
-        let joined = row.iter().collect::<Vec<_>>().join(&[self.delimiter][..]);
+        // Joined only up to the cap: a record may be many megabytes long.
+        let mut joined = Vec::new();
+        for (column, field) in row.iter().enumerate() {
+            if column > 0 {
+                joined.push(self.delimiter);
+            }
+            let room = RAW_CAP.saturating_sub(joined.len());
+            joined.extend_from_slice(&field[..field.len().min(room)]);
+            if joined.len() >= RAW_CAP {
+                break;
+            }
+        }
         capped_raw(&joined)
     }
 
@@ -78,6 +111,18 @@ impl<R: BufRead> CsvRecords<R> {
         let header = self.reader.byte_headers().map_err(into_io)?.clone();
         if header.is_empty() {
             return Ok(Ok(None));
+        }
+        let end = self.reader.position().byte();
+        if !self.reader.get_mut().cuts_until(end).is_empty() {
+            let raw = self.raw_row(&header);
+            return Ok(Err(self.broken(
+                Some(1),
+                raw,
+                format!(
+                    "line 1: the header is longer than {} bytes",
+                    self.reader.get_ref().max
+                ),
+            )));
         }
         let mut names = Vec::with_capacity(header.len());
         let mut seen = HashSet::new();
@@ -137,8 +182,35 @@ impl<R: BufRead> CsvRecords<R> {
     }
 
     fn row_item(&mut self, row: &::csv::ByteRecord) -> RawItem {
-        let line = row.position().map(|p| p.line());
+        let line = row.position().map(|p| p.line() + self.lines_dropped);
         let shown = line.map_or_else(|| "?".to_string(), |l| l.to_string());
+        let end = self.reader.position().byte();
+        let limit = self.reader.get_mut();
+        let open_quote = limit.ended_in_open_quote() == Some(end);
+        let cuts = limit.cuts_until(end);
+        let dropped: u64 = cuts.iter().map(|cut| cut.lines_dropped).sum();
+        self.lines_dropped += dropped;
+        if !cuts.is_empty() {
+            let raw = self.raw_row(row);
+            let max = self.reader.get_ref().max;
+            let reason = format!(
+                "line {shown}: record longer than {max} bytes{}",
+                if open_quote {
+                    "; a quoted field in it is never closed"
+                } else {
+                    ""
+                }
+            );
+            return self.broken(line, raw, reason);
+        }
+        if open_quote {
+            let raw = self.raw_row(row);
+            let reason = format!(
+                "line {shown}: a quoted field is never closed, so everything from line {shown} \
+                 to the end of the file was read as this one record"
+            );
+            return self.broken(line, raw, reason);
+        }
         let headers = self.headers.as_deref().unwrap_or_default();
         if row.len() != headers.len() {
             let raw = self.raw_row(row);
@@ -241,6 +313,161 @@ impl<R: io::Read> io::Read for LfLines<R> {
     }
 }
 
+/// The longest CSV record kept whole. A longer one (a runaway field, or an unbalanced quote
+/// that swallows the rest of a huge file) is cut at this size by [`RecordLimit`] and becomes
+/// one broken item, so memory stays bounded whatever the input.
+pub const MAX_CSV_RECORD: u64 = 16 * 1024 * 1024;
+
+/// A cut made by [`RecordLimit`]: where in its output the record was cut, and how many line
+/// breaks it dropped while skipping the rest of that record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cut {
+    at: u64,
+    lines_dropped: u64,
+}
+
+/// Caps every record the csv parser sees at `max` bytes without knowing the parser's state:
+/// it follows quoting itself (a quote opens a field only at the start of a field, `""` inside
+/// one is an escaped quote, as in `csv_core`), counts the bytes since the last line break
+/// outside quotes, and past `max` drops everything up to the next one. The parser then sees
+/// the record's first `max` bytes, a closing quote if the cut fell inside a quoted field, and
+/// the line break, so it stays in step with the real input. Each [`Cut`] is logged for
+/// [`CsvRecords`] to mark the record broken and to correct the line numbers after it.
+pub(crate) struct RecordLimit<R> {
+    inner: R,
+    quote: u8,
+    delimiter: u8,
+    max: u64,
+    out: Vec<u8>,
+    start: usize,
+    /// Bytes handed to the parser so far.
+    written: u64,
+    in_quotes: bool,
+    field_start: bool,
+    just_closed: bool,
+    record_bytes: u64,
+    /// While skipping: whether the parser was left inside a quoted field at the cut.
+    skipping: Option<bool>,
+    cuts: VecDeque<Cut>,
+    eof: bool,
+}
+
+impl<R: io::Read> RecordLimit<R> {
+    pub(crate) fn new(inner: R, delimiter: u8, quote: u8, max: u64) -> RecordLimit<R> {
+        RecordLimit {
+            inner,
+            quote,
+            delimiter,
+            max,
+            out: Vec::new(),
+            start: 0,
+            written: 0,
+            in_quotes: false,
+            field_start: true,
+            just_closed: false,
+            record_bytes: 0,
+            skipping: None,
+            cuts: VecDeque::new(),
+            eof: false,
+        }
+    }
+
+    /// Whether the input ended inside a quoted field, once all of it was handed out.
+    fn ended_in_open_quote(&self) -> Option<u64> {
+        (self.eof && self.in_quotes && self.start == self.out.len()).then_some(self.written)
+    }
+
+    /// Removes and returns the cuts made at or before output offset `end`.
+    fn cuts_until(&mut self, end: u64) -> Vec<Cut> {
+        let mut cuts = Vec::new();
+        while self.cuts.front().is_some_and(|cut| cut.at <= end) {
+            cuts.extend(self.cuts.pop_front());
+        }
+        cuts
+    }
+
+    fn track_quotes(&mut self, byte: u8) {
+        if self.in_quotes {
+            if byte == self.quote {
+                self.in_quotes = false;
+                self.just_closed = true;
+            }
+        } else if byte == self.quote && (self.field_start || self.just_closed) {
+            self.in_quotes = true;
+            self.just_closed = false;
+        } else {
+            self.just_closed = false;
+        }
+        self.field_start = !self.in_quotes && (byte == self.delimiter || byte == b'\n');
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.out.push(byte);
+        self.written += 1;
+    }
+
+    fn process(&mut self, byte: u8) {
+        self.track_quotes(byte);
+        let record_ends = byte == b'\n' && !self.in_quotes;
+        match self.skipping {
+            None => {
+                self.push(byte);
+                self.record_bytes = if record_ends {
+                    0
+                } else {
+                    self.record_bytes + 1
+                };
+                if self.record_bytes > self.max {
+                    self.skipping = Some(self.in_quotes);
+                    self.cuts.push_back(Cut {
+                        at: self.written,
+                        lines_dropped: 0,
+                    });
+                }
+            }
+            Some(open) => {
+                if record_ends {
+                    if open {
+                        self.push(self.quote);
+                    }
+                    self.push(b'\n');
+                    self.skipping = None;
+                    self.record_bytes = 0;
+                } else if byte == b'\n'
+                    && let Some(cut) = self.cuts.back_mut()
+                {
+                    cut.lines_dropped += 1;
+                }
+            }
+        }
+    }
+}
+
+impl<R: io::Read> io::Read for RecordLimit<R> {
+    fn read(&mut self, target: &mut [u8]) -> io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        while self.start == self.out.len() && !self.eof {
+            self.out.clear();
+            self.start = 0;
+            let read = self.inner.read(&mut chunk)?;
+            if read == 0 {
+                self.eof = true;
+                if self.skipping.take() == Some(true) {
+                    self.push(self.quote);
+                }
+            }
+            for &byte in &chunk[..read] {
+                self.process(byte);
+            }
+        }
+        let available = &self.out[self.start..];
+        let n = available.len().min(target.len());
+        target[..n].copy_from_slice(&available[..n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
 /// Byte records with flexible field counts fail only on I/O, so every csv error is one.
 fn into_io(error: ::csv::Error) -> io::Error {
     match error.into_kind() {
@@ -268,6 +495,64 @@ mod tests {
     use super::*;
     use crate::source::file::{FileFormat, TextEncoding};
     use crate::source::test_items::{broken, record};
+
+    fn parse_limited(bytes: &[u8], max: u64) -> Vec<RawItem> {
+        let settings = FileStreamSettings::new(FileFormat::Csv);
+        CsvRecords::with_limit(bytes, &settings, "in.csv", max)
+            .collect::<io::Result<Vec<_>>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_oversized_record_is_cut_and_the_rows_after_it_keep_their_lines() {
+        let long = "x".repeat(500);
+        let input = format!(
+            "id,name\nc1,Anna\nc2,{long}\nc3,\"quoted\n{long}\nstill quoted\"\nc4,\"a \"\"b\"\" c\"\nc5,Eva\n"
+        );
+        let items = parse_limited(input.as_bytes(), 100);
+        assert_eq!(items.len(), 5, "{items:#?}");
+        assert_eq!(record(&items[0]).value["name"], "Anna");
+        let cut = broken(&items[1]);
+        assert_eq!(cut.origin.line, Some(3));
+        assert_eq!(cut.reason, "line 3: record longer than 100 bytes");
+        assert!(cut.raw.len() <= 110, "{}", cut.raw);
+        let quoted = broken(&items[2]);
+        assert_eq!(quoted.origin.line, Some(4));
+        assert_eq!(quoted.reason, "line 4: record longer than 100 bytes");
+        let escaped = record(&items[3]);
+        assert_eq!(
+            escaped.origin.line,
+            Some(7),
+            "dropped line breaks are counted"
+        );
+        assert_eq!(escaped.value["name"], "a \"b\" c");
+        assert_eq!(record(&items[4]).origin.line, Some(8));
+    }
+
+    #[test]
+    fn an_unclosed_quote_names_its_line() {
+        let items = parse_limited(b"id,name\nc1,Anna\nc2,\"Otto\nc3,Eva\n", 1000);
+        assert_eq!(items.len(), 2);
+        let open = broken(&items[1]);
+        assert_eq!(open.origin.line, Some(3));
+        assert_eq!(
+            open.reason,
+            "line 3: a quoted field is never closed, so everything from line 3 to the end of \
+             the file was read as this one record"
+        );
+        assert!(open.raw.contains("c3,Eva"), "{}", open.raw);
+    }
+
+    #[test]
+    fn an_unclosed_quote_in_a_huge_tail_is_cut() {
+        let input = format!("id,name\nc1,\"{}", "y\n".repeat(1000));
+        let items = parse_limited(input.as_bytes(), 100);
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            broken(&items[0]).reason,
+            "line 2: record longer than 100 bytes; a quoted field in it is never closed"
+        );
+    }
 
     fn parse(bytes: &[u8], settings: &FileStreamSettings) -> Vec<RawItem> {
         CsvRecords::new(bytes, settings, "in.csv")

@@ -149,6 +149,23 @@ impl Incremental {
     }
 }
 
+/// The certificates of a PEM bundle; an error names the file.
+fn read_ca_bundle(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, SourceError> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|error| {
+        SourceError::Config(format!("cannot read the CA bundle {shown}: {error}"))
+    })?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
+        SourceError::Config(format!("the CA bundle {shown} is not PEM: {error}"))
+    })?;
+    if certificates.is_empty() {
+        return Err(SourceError::Config(format!(
+            "the CA bundle {shown} holds no certificate"
+        )));
+    }
+    Ok(certificates)
+}
+
 /// Everything one HTTP stream needs; see the module documentation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpStreamSettings {
@@ -171,6 +188,8 @@ pub struct HttpStreamSettings {
     pub requests_per_second: Option<f64>,
     pub max_response_bytes: u64,
     pub timeout: Duration,
+    /// A PEM bundle of CA certificates trusted in addition to the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Where the next request of the stream goes.
@@ -242,13 +261,15 @@ impl HttpSource {
     ) -> Result<HttpSource, SourceError> {
         let url = endpoint_url(&settings.base_url, &settings.path)?;
         check_settings(&settings)?;
-        let client = Client::builder()
+        let mut builder = Client::builder()
             .timeout(settings.timeout)
-            .redirect(same_origin_redirects())
-            .build()
-            .map_err(|error| {
-                SourceError::Config(format!("cannot build the HTTP client: {error}"))
-            })?;
+            .redirect(same_origin_redirects());
+        if let Some(ca_file) = &settings.ca_file {
+            builder = builder.tls_certs_merge(read_ca_bundle(ca_file)?);
+        }
+        let client = builder.build().map_err(|error| {
+            SourceError::Config(format!("cannot build the HTTP client: {error}"))
+        })?;
         let cursor = match &settings.incremental {
             Some(incremental) => match cursor.or_else(|| incremental.initial.clone()) {
                 Some(text) if incremental.instant() => Some(
@@ -1409,6 +1430,7 @@ mod tests {
             requests_per_second: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             timeout: Duration::from_secs(5),
+            ca_file: None,
         }
     }
 
@@ -2552,6 +2574,7 @@ mod tests {
             requests_per_second: None,
             max_response_bytes: 1,
             timeout: Duration::from_secs(1),
+            ca_file: None,
         };
         let error = |settings| match HttpSource::new(settings, None, "x") {
             Ok(_) => panic!("settings accepted"),

@@ -48,7 +48,20 @@ pub const CHANNEL_CAPACITY: usize = 256;
 fn message(error: &serde_json::Error) -> String {
     let text = error.to_string();
     let suffix = format!(" at line {} column {}", error.line(), error.column());
-    text.strip_suffix(&suffix).unwrap_or(&text).to_string()
+    let text = text.strip_suffix(&suffix).unwrap_or(&text);
+    match text {
+        // serde_json's wording for bytes that are not UTF-8, which operators would not
+        // recognise as an encoding problem.
+        "invalid unicode code point" => {
+            "bytes that are not valid UTF-8 (invalid unicode code point); \
+             is the file encoded as Windows-1252?"
+                .to_string()
+        }
+        "recursion limit exceeded" => {
+            "values nest deeper than 128 levels (recursion limit exceeded)".to_string()
+        }
+        other => other.to_string(),
+    }
 }
 
 fn broken(location: &str, line: Option<u64>, index: u64, raw: String, reason: String) -> RawItem {

@@ -8,9 +8,12 @@ mod bad_input; // broken CSV rows, truncated XML, wrong types: quarantined, the 
 mod cli; // validate / test / preview / profiles through the real binary
 mod daemon; // scheduled runs, ops endpoints, shutdown by signal, `conflux runs`
 mod demo; // the bundled demo end to end on SQLite + NDJSON, and idempotent re-runs
+mod hostile; // malformed, invalid UTF-8, huge, deep, entity bombs, `..`, SQL cursors: quarantined, bounded
 mod http; // kind = "http" connectors end to end: paging, incremental cursor, failures
 mod identity; // stable ids across runs, merges into the older id, splits
 mod presets; // SAP, Business Central and Odoo presets end to end against fake servers
 mod samples; // real public ERP payloads through the shipped mappings
 mod schema; // the committed JSON Schema of the feed matches the types
+mod secrets; // secrets from the environment and secret files never appear in output, errors or logs
 mod sql; // kind = "sql" connectors against PostgreSQL: bound watermark, incremental runs
+mod tls; // HTTPS sources behind a private CA (tls.ca_file)
