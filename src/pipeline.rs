@@ -490,7 +490,7 @@ impl Batcher<'_> {
         mapping: &Mapping,
         batch: Batch,
         summary: &mut RunSummary,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), PipelineError> {
         let ctx = MapContext {
             system: &connector.system,
             stream,
@@ -594,17 +594,12 @@ impl Batcher<'_> {
         }
         tx.set_match_keys_many(&customer_keys).await?;
         let changed: Vec<SourceRef> = customer_keys.into_iter().map(|(r, _)| r).collect();
-        let (mut affected, merges) = relink(tx, changed, self.matching.as_ref(), summary)
-            .await
-            .map_err(|error| match error {
-                PipelineError::Store(error) => error,
-                other => StoreError::Corrupt(other.to_string()),
-            })?;
+        let (mut affected, merges) = relink(tx, changed, self.matching.as_ref(), summary).await?;
         let line_orders: Vec<(String, String)> = line_orders.into_iter().collect();
         order_customers.extend(tx.customers_of_orders(&line_orders).await?);
         let order_customers: Vec<(String, String)> = order_customers.into_iter().collect();
         affected.extend(tx.profiles_of_customer_ids(&order_customers).await?);
-        self.rebuild(tx, &affected, &merges, summary).await
+        Ok(self.rebuild(tx, &affected, &merges, summary).await?)
     }
 
     /// Writes a new version of each profile whose content changed (or that absorbed others).
