@@ -1,5 +1,5 @@
 //! The command line: `run`, `daemon`, `runs`, `validate`, `test`, `preview`,
-//! `profiles show`, `quarantine list`. Each subcommand loads the config through [`crate::config::load`] and
+//! `profiles show`, `quarantine list`, `review`, `identities`. Each subcommand loads the config through [`crate::config::load`] and
 //! maps its outcome onto the exit codes of [`crate::error`]. Human output goes to stdout,
 //! logs to stderr.
 
@@ -33,6 +33,8 @@ macro_rules! eprintln_redacted {
         eprintln!("{}", crate::redact::redact(&format!($($arg)*)))
     };
 }
+
+mod identity;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,6 +108,16 @@ pub enum Command {
     Quarantine {
         #[command(subcommand)]
         command: QuarantineCommand,
+    },
+    /// Reviews possible matches: pairs the match model was unsure about.
+    Review {
+        #[command(subcommand)]
+        command: identity::ReviewCommand,
+    },
+    /// Manual identity decisions, which win over the match model.
+    Identities {
+        #[command(subcommand)]
+        command: identity::IdentitiesCommand,
     },
 }
 
@@ -201,6 +213,8 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Quarantine {
             command: QuarantineCommand::List { limit },
         } => list_quarantine(&config, limit).await,
+        Command::Review { command } => identity::review(&config, command).await,
+        Command::Identities { command } => identity::identities(&config, command).await,
     }
 }
 

@@ -9,7 +9,7 @@
 //! stream the relay drains the outbox into the configured [`Sink`]; events that cannot be
 //! delivered stay in the outbox for the next run. [`RunSummary`] counts everything.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::config::{Config, ConnectorConfig, FileStream, SinkConfig, StoreConfig, Transport};
 use crate::mapper::{MapContext, Mapping};
 use crate::model::event::{EventType, ProfileEvent};
-use crate::model::{Order, Record, SourceRef};
+use crate::model::{Customer, Order, Record, SourceRef};
 use crate::profile::{self, ProfileSettings};
 use crate::resolver::matcher::MatchSettings;
 use crate::resolver::prepare::Preparer;
@@ -741,14 +741,27 @@ async fn relink(
     )
     .map_err(|errors| PipelineError::Matching(join_errors(&errors)))?;
     summary.candidate_pairs += outcome.candidate_pairs;
+    let bodies: HashMap<&SourceRef, &Customer> = customers.iter().map(|c| (&c.source, c)).collect();
+    let decided: HashSet<(&SourceRef, &SourceRef)> =
+        decisions.iter().map(|(a, b, _)| (a, b)).collect();
     let review: Vec<PossibleMatch> = outcome
         .review
         .iter()
-        .map(|p| PossibleMatch {
-            a: p.a.clone(),
-            b: p.b.clone(),
-            weight: p.weight,
-            detail: format!("{{\"probability\":{:.4}}}", p.probability),
+        .filter(|p| !decided.contains(&(&p.a, &p.b)) && !decided.contains(&(&p.b, &p.a)))
+        .map(|p| {
+            let detail = match (bodies.get(&p.a), bodies.get(&p.b)) {
+                (Some(a), Some(b)) => {
+                    serde_json::to_string(&resolver::explain::explain(a, b, matching))
+                        .unwrap_or_default()
+                }
+                _ => format!("{{\"probability\":{:.4}}}", p.probability),
+            };
+            PossibleMatch {
+                a: p.a.clone(),
+                b: p.b.clone(),
+                weight: p.weight,
+                detail,
+            }
         })
         .collect();
     summary.possible_matches += review.len() as u64;

@@ -24,6 +24,7 @@
 
 pub mod blocking;
 pub mod cluster;
+pub mod explain;
 pub mod matcher;
 pub mod neighbourhood;
 pub mod normalise;
