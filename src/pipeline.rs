@@ -60,6 +60,36 @@ pub struct RunSummary {
     pub events_pending: u64,
     /// Where the feed went.
     pub feed: String,
+    /// Wall time per stage.
+    pub stages: StageTimes,
+}
+
+/// Wall time a run spent in each stage, summed over its batches: reading sources, mapping
+/// and checking records, storing them, resolving identities, building profiles (with their
+/// outbox rows), committing batches and publishing the feed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StageTimes {
+    #[serde(serialize_with = "seconds")]
+    pub read: std::time::Duration,
+    #[serde(serialize_with = "seconds")]
+    pub map: std::time::Duration,
+    #[serde(serialize_with = "seconds")]
+    pub store: std::time::Duration,
+    #[serde(serialize_with = "seconds")]
+    pub resolve: std::time::Duration,
+    #[serde(serialize_with = "seconds")]
+    pub build: std::time::Duration,
+    #[serde(serialize_with = "seconds")]
+    pub commit: std::time::Duration,
+    #[serde(serialize_with = "seconds")]
+    pub publish: std::time::Duration,
+}
+
+fn seconds<S: serde::Serializer>(
+    duration: &std::time::Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64((duration.as_secs_f64() * 1000.0).round() / 1000.0)
 }
 
 impl std::fmt::Display for RunSummary {
@@ -84,10 +114,22 @@ impl std::fmt::Display for RunSummary {
             self.candidate_pairs,
             self.possible_matches
         )?;
-        write!(
+        writeln!(
             f,
             "events:   {} delivered, {} pending -> {}",
             self.events_delivered, self.events_pending, self.feed
+        )?;
+        let t = &self.stages;
+        write!(
+            f,
+            "time:     read {:.2}s, map {:.2}s, store {:.2}s, resolve {:.2}s, build {:.2}s, commit {:.2}s, publish {:.2}s",
+            t.read.as_secs_f64(),
+            t.map.as_secs_f64(),
+            t.store.as_secs_f64(),
+            t.resolve.as_secs_f64(),
+            t.build.as_secs_f64(),
+            t.commit.as_secs_f64(),
+            t.publish.as_secs_f64()
         )
     }
 }
@@ -252,7 +294,9 @@ async fn run_streams(
         retry_budget: config.feed.retry_budget,
         ..RelaySettings::default()
     };
+    let publishing = std::time::Instant::now();
     let report = relay::drain(store, sink, &settings).await?;
+    summary.stages.publish += publishing.elapsed();
     summary.events_delivered = report.delivered;
     summary.events_pending = report.pending;
     synced?;
@@ -327,14 +371,20 @@ async fn sync_streams(
         let progress = progress_bar(connector_id, stream_name);
         let before = summary.clone();
         let mut last_report = std::time::Instant::now();
-        while let Some(batch) = source.next_batch().await.map_err(source_error)? {
+        loop {
+            let reading = std::time::Instant::now();
+            let next = source.next_batch().await.map_err(source_error)?;
+            summary.stages.read += reading.elapsed();
+            let Some(batch) = next else { break };
             let checkpoint = batch.checkpoint.clone();
             let mut tx = store.begin().await?;
             let read = batch.items.len() as u64;
             batcher
                 .process(tx.as_mut(), connector, stream_name, mapping, batch, summary)
                 .await?;
+            let committing = std::time::Instant::now();
             tx.commit().await?;
+            summary.stages.commit += committing.elapsed();
             if matches!(checkpoint, Checkpoint::FileDone(_)) {
                 summary.files_read += 1;
             }
@@ -491,6 +541,7 @@ impl Batcher<'_> {
         batch: Batch,
         summary: &mut RunSummary,
     ) -> Result<(), PipelineError> {
+        let mut clock = std::time::Instant::now();
         let ctx = MapContext {
             system: &connector.system,
             stream,
@@ -537,6 +588,7 @@ impl Batcher<'_> {
             summary.records_quarantined += 1;
             tx.quarantine(&entry, self.run_id).await?;
         }
+        summary.stages.map += lap(&mut clock);
         match &batch.checkpoint {
             Checkpoint::FileDone(file) => tx.mark_ingested(&connector.id, stream, file).await?,
             Checkpoint::Cursor(cursor) => tx.set_cursor(&connector.id, stream, cursor).await?,
@@ -593,13 +645,17 @@ impl Batcher<'_> {
             }
         }
         tx.set_match_keys_many(&customer_keys).await?;
+        summary.stages.store += lap(&mut clock);
         let changed: Vec<SourceRef> = customer_keys.into_iter().map(|(r, _)| r).collect();
         let (mut affected, merges) = relink(tx, changed, self.matching.as_ref(), summary).await?;
+        summary.stages.resolve += lap(&mut clock);
         let line_orders: Vec<(String, String)> = line_orders.into_iter().collect();
         order_customers.extend(tx.customers_of_orders(&line_orders).await?);
         let order_customers: Vec<(String, String)> = order_customers.into_iter().collect();
         affected.extend(tx.profiles_of_customer_ids(&order_customers).await?);
-        Ok(self.rebuild(tx, &affected, &merges, summary).await?)
+        self.rebuild(tx, &affected, &merges, summary).await?;
+        summary.stages.build += lap(&mut clock);
+        Ok(())
     }
 
     /// Writes a new version of each profile whose content changed (or that absorbed others).
@@ -666,6 +722,14 @@ impl Batcher<'_> {
         }
         tx.write_profiles(&writes).await
     }
+}
+
+/// The time since `clock`, which moves to now.
+fn lap(clock: &mut std::time::Instant) -> std::time::Duration {
+    let now = std::time::Instant::now();
+    let elapsed = now - *clock;
+    *clock = now;
+    elapsed
 }
 
 /// Re-resolves identities around the changed customer records: gathers the closed
