@@ -127,6 +127,14 @@ pub struct ProfileConfig {
     pub fx: BTreeMap<String, Decimal>,
     /// Connector systems in descending trust; each names the system of a loaded connector.
     pub source_priority: Vec<String>,
+    /// `today`; `None` means the current UTC date at the start of each run.
+    pub today: Option<jiff::civil::Date>,
+    /// Survivorship rules of the fields that do not use `default_rule`.
+    pub survivorship: BTreeMap<String, crate::profile::Rule>,
+    pub default_rule: crate::profile::Rule,
+    pub value_excludes: Vec<crate::model::OrderStatus>,
+    pub tiers: crate::profile::TierSettings,
+    pub lifecycle: crate::profile::LifecycleSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,6 +453,15 @@ batch_size = 50
                 base_currency: "EUR".into(),
                 fx: BTreeMap::new(),
                 source_priority: Vec::new(),
+                today: None,
+                survivorship: BTreeMap::new(),
+                default_rule: crate::profile::Rule::SourcePriority,
+                value_excludes: vec![
+                    crate::model::OrderStatus::Cancelled,
+                    crate::model::OrderStatus::Returned
+                ],
+                tiers: crate::profile::TierSettings::default(),
+                lifecycle: crate::profile::LifecycleSettings::default(),
             }
         );
         let stream = |connector: &str, stream: &str| StreamRef {

@@ -32,10 +32,12 @@ use super::{
     BlockLookup, IdentityDecision, JobRun, PossibleMatch, PossibleMatchRow, ProfileWrite,
     QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert,
 };
-use crate::model::profile::CustomerProfile;
+use crate::model::profile::{CustomerProfile, Segment};
 use crate::model::{Customer, Order, OrderLineItem, Record, SourceRef};
+use crate::profile::MetricRow;
 use crate::sink::OutboxEvent;
 use crate::source::IngestedFile;
+use rust_decimal::Decimal;
 
 static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
@@ -1651,6 +1653,139 @@ impl StoreTx for SqliteTx {
         self.tx.commit().await?;
         Ok(())
     }
+
+    async fn latest_profile_bodies(
+        &mut self,
+        profiles: &[Uuid],
+    ) -> Result<HashMap<Uuid, CustomerProfile>, StoreError> {
+        if profiles.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<String> = profiles.iter().map(|id| id.to_string()).collect();
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT j.key, v.body FROM json_each($1) j \
+             CROSS JOIN profiles p ON p.profile_id = j.value \
+             CROSS JOIN profile_versions v ON v.profile_id = p.profile_id \
+                                          AND v.version = p.latest_version",
+        )
+        .bind(json_list(&ids, "profile ids")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(key, body)| {
+                let id = profiles[position(key, profiles.len())?];
+                let profile = serde_json::from_str(&body).map_err(|error| {
+                    StoreError::Corrupt(format!("profile {id}: undecodable version: {error}"))
+                })?;
+                Ok((id, profile))
+            })
+            .collect()
+    }
+
+    async fn open_orders_with_skus(&mut self, skus: &[String]) -> Result<Vec<Order>, StoreError> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            // Open orders come from the status index; their lines (embedded or standalone)
+            // are matched against the wanted SKUs.
+            "SELECT o.system, o.stream, o.source_id, o.body FROM records o \
+             WHERE o.entity = 'order' \
+               AND json_extract(o.body, '$.status') IN ('open', 'partially_fulfilled') \
+               AND (EXISTS (SELECT 1 FROM json_each(o.body, '$.lines') l \
+                            WHERE json_extract(l.value, '$.sku') IN (SELECT value FROM json_each($1))) \
+                    OR EXISTS (SELECT 1 FROM records li INDEXED BY records_by_order \
+                               WHERE li.entity = 'order_line' AND li.system = o.system \
+                                 AND li.order_id = o.source_id \
+                                 AND json_extract(li.body, '$.line.sku') \
+                                     IN (SELECT value FROM json_each($1)))) \
+             ORDER BY o.system, o.stream, o.source_id",
+        )
+        .bind(json_list(skus, "skus")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut orders = rows
+            .into_iter()
+            .map(|(system, stream, source_id, body)| {
+                decode_order(&body, &format!("{system}/{stream}/{source_id}"))
+            })
+            .collect::<Result<Vec<Order>, StoreError>>()?;
+        attach_lines(&mut self.tx, &mut orders.iter_mut().collect::<Vec<_>>()).await?;
+        Ok(orders)
+    }
+
+    async fn sku_records(&mut self, skus: &[String]) -> Result<Vec<Record>, StoreError> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT r.system, r.stream, r.source_id, r.body FROM json_each($1) j \
+             CROSS JOIN records r INDEXED BY records_by_sku \
+                 ON json_extract(r.body, '$.sku') = j.value \
+                AND r.entity IN ('inventory', 'supplier_item', 'product') \
+             ORDER BY r.system, r.stream, r.source_id",
+        )
+        .bind(json_list(skus, "skus")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(system, stream, source_id, body)| {
+                decode_record(&body, &format!("{system}/{stream}/{source_id}"))
+            })
+            .collect()
+    }
+
+    async fn profile_metric_rows(&mut self) -> Result<Vec<MetricRow>, StoreError> {
+        type Row = (
+            String,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT p.profile_id, \
+                    json_extract(v.body, '$.metrics.order_count'), \
+                    json_extract(v.body, '$.metrics.lifetime_value.amount'), \
+                    json_extract(v.body, '$.metrics.first_order_at'), \
+                    json_extract(v.body, '$.metrics.last_order_at'), \
+                    json_extract(v.body, '$.segment') \
+             FROM profiles p \
+             JOIN profile_versions v ON v.profile_id = p.profile_id \
+                                    AND v.version = p.latest_version \
+             WHERE p.retired_into IS NULL \
+               AND EXISTS (SELECT 1 FROM links l WHERE l.profile_id = p.profile_id) \
+             ORDER BY p.profile_id",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(id, count, value, first, last, segment)| {
+                let context = format!("profile {id}");
+                let time =
+                    |text: Option<String>| text.map(|t| parse_time(&t, &context)).transpose();
+                Ok(MetricRow {
+                    profile_id: parse_uuid(&id, "profiles.profile_id")?,
+                    order_count: count.unwrap_or_default().max(0) as u64,
+                    lifetime_value: match value {
+                        Some(v) => Decimal::from_str(&v).map_err(|error| {
+                            StoreError::Corrupt(format!("{context}: lifetime value {v:?}: {error}"))
+                        })?,
+                        None => Decimal::ZERO,
+                    },
+                    first_order_at: time(first)?,
+                    last_order_at: time(last)?,
+                    segment: match segment {
+                        Some(text) => serde_json::from_str(&text).map_err(|error| {
+                            StoreError::Corrupt(format!("{context}: segment: {error}"))
+                        })?,
+                        None => Segment::default(),
+                    },
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -1717,7 +1852,16 @@ mod tests {
                 average_order_value: None,
                 first_order_at: None,
                 last_order_at: None,
+                days_since_last_order: None,
             },
+            alternates: Vec::new(),
+            conflicts: Vec::new(),
+            segment: Default::default(),
+            open_orders: Vec::new(),
+            earliest_projected_date: None,
+            top_categories: Vec::new(),
+            data_quality: Default::default(),
+            as_of: None,
             sources: Vec::new(),
         }
     }
@@ -1909,7 +2053,7 @@ mod tests {
             MIGRATOR.migrations.len() as i64,
             "each migration is recorded once"
         );
-        assert_eq!(MIGRATOR.migrations.len(), 4);
+        assert_eq!(MIGRATOR.migrations.len(), 5);
         assert_eq!(count(&second, "records").await, 1);
         let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(second.pool())

@@ -11,7 +11,8 @@ mod demo; // the bundled demo end to end on SQLite + NDJSON, and idempotent re-r
 mod hostile; // malformed, invalid UTF-8, huge, deep, entity bombs, `..`, SQL cursors: quarantined, bounded
 mod http; // kind = "http" connectors end to end: paging, incremental cursor, failures
 mod identity; // stable ids across runs, merges into the older id, splits
-mod presets; // SAP, Business Central and Odoo presets end to end against fake servers
+mod presets;
+mod profile; // enriched profiles: late orders, supply risk re-versioning, schema validation, feed tail // SAP, Business Central and Odoo presets end to end against fake servers
 mod samples; // real public ERP payloads through the shipped mappings
 mod schema; // the committed JSON Schema of the feed matches the types
 mod secrets; // secrets from the environment and secret files never appear in output, errors or logs
