@@ -586,8 +586,11 @@ impl Batcher<'_> {
         let mut customer_keys = Vec::new();
         let mut order_customers = BTreeSet::new();
         let mut line_orders = BTreeSet::new();
-        // SKUs whose stock, lead times, category or competing demand changed.
-        let mut changed_skus = BTreeSet::new();
+        // SKUs whose stock, lead times, category or competing demand changed, with the
+        // order date from which their open orders are affected (`None`: all of them).
+        let mut changed_skus: BTreeMap<String, Option<Timestamp>> = BTreeMap::new();
+        // Standalone lines: (system, order id, SKU); their order's date decides.
+        let mut changed_lines = Vec::new();
         for (record, outcome) in records.into_iter().zip(outcomes) {
             match outcome {
                 Upsert::Unchanged => {
@@ -607,7 +610,12 @@ impl Batcher<'_> {
                     customer_keys.push((customer.source, keys));
                 }
                 Record::Order(order) => {
-                    changed_skus.extend(order.lines.iter().filter_map(|l| l.sku.clone()));
+                    // Stock goes to the oldest orders first: a changed order moves only the
+                    // allocation of orders as new as it or newer.
+                    let from = order.ordered_at.unwrap_or(Timestamp::MAX);
+                    for sku in order.lines.iter().filter_map(|l| l.sku.clone()) {
+                        affects_from(&mut changed_skus, sku, Some(from));
+                    }
                     // An order that moved to another customer changes the profile it left.
                     if let Some(previous) = previous_customers.remove(&order.source) {
                         order_customers.insert((order.source.system.clone(), previous));
@@ -617,18 +625,18 @@ impl Batcher<'_> {
                     }
                 }
                 Record::OrderLine(item) => {
-                    changed_skus.extend(item.line.sku.clone());
+                    if let Some(sku) = item.line.sku.clone() {
+                        changed_lines.push((
+                            item.source.system.clone(),
+                            item.order_id.clone(),
+                            sku,
+                        ));
+                    }
                     line_orders.insert((item.source.system, item.order_id));
                 }
-                Record::Inventory(item) => {
-                    changed_skus.insert(item.sku);
-                }
-                Record::SupplierItem(item) => {
-                    changed_skus.insert(item.sku);
-                }
-                Record::Product(product) => {
-                    changed_skus.insert(product.sku);
-                }
+                Record::Inventory(item) => affects_from(&mut changed_skus, item.sku, None),
+                Record::SupplierItem(item) => affects_from(&mut changed_skus, item.sku, None),
+                Record::Product(product) => affects_from(&mut changed_skus, product.sku, None),
                 Record::Supplier(_) => {}
             }
         }
@@ -638,9 +646,36 @@ impl Batcher<'_> {
         let line_orders: Vec<(String, String)> = line_orders.into_iter().collect();
         order_customers.extend(tx.customers_of_orders(&line_orders).await?);
         // Only the profiles with open lines on a changed SKU are re-evaluated for supply.
-        let changed_skus: Vec<String> = changed_skus.into_iter().collect();
-        for order in tx.open_orders_with_skus(&changed_skus).await? {
-            if let Some(customer) = order.customer_id {
+        let skus: Vec<String> = changed_skus
+            .keys()
+            .cloned()
+            .chain(changed_lines.iter().map(|(_, _, sku)| sku.clone()))
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        let competing = tx.open_orders_with_skus(&skus).await?;
+        for (system, order_id, sku) in changed_lines {
+            // A line of an order that is not open takes no stock.
+            if let Some(order) = competing
+                .iter()
+                .find(|o| o.source.system == system && o.source.source_id == order_id)
+            {
+                let from = order.ordered_at.unwrap_or(Timestamp::MAX);
+                affects_from(&mut changed_skus, sku, Some(from));
+            }
+        }
+        for order in competing {
+            let at = order.ordered_at.unwrap_or(Timestamp::MAX);
+            let affected = order
+                .lines
+                .iter()
+                .filter_map(|l| l.sku.as_ref())
+                .any(|sku| {
+                    changed_skus
+                        .get(sku)
+                        .is_some_and(|from| from.is_none_or(|from| at >= from))
+                });
+            if affected && let Some(customer) = order.customer_id {
                 order_customers.insert((order.source.system, customer));
             }
         }
@@ -807,6 +842,19 @@ async fn resegment(
         tx.commit().await?;
     }
     Ok(())
+}
+
+/// Records that the open orders on `sku` from the order date `from` on (all when `None`) need
+/// their supply re-evaluated.
+fn affects_from(
+    skus: &mut BTreeMap<String, Option<Timestamp>>,
+    sku: String,
+    from: Option<Timestamp>,
+) {
+    let entry = skus.entry(sku).or_insert(from);
+    if from < *entry {
+        *entry = from;
+    }
 }
 
 /// Re-resolves identities around the changed customer records: gathers the closed

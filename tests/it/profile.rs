@@ -290,6 +290,55 @@ async fn a_stock_change_re_versions_only_the_profiles_with_open_lines_on_its_sku
     assert_eq!(covered["allocated"], "4");
     assert!(covered.get("projected_date").is_none());
     assert_eq!(mueller_now["type"], "customer.profile.updated");
+
+    // Purchasing negotiates 10 days instead of 14 for SKU-100 with SUP-020: only the
+    // profiles with open SKU-100 lines are re-evaluated, and Weber's short line moves.
+    let profiles = latest(&after);
+    let on_sku_100: BTreeSet<String> = profiles
+        .iter()
+        .filter(|(_, e)| open_skus(e).contains("SKU-100"))
+        .map(|(id, _)| id.clone())
+        .collect();
+    let weber = profiles
+        .values()
+        .find(|e| {
+            e["data"]["golden"]["full_name"]
+                .as_str()
+                .unwrap()
+                .starts_with("Weber")
+        })
+        .unwrap();
+    assert!(on_sku_100.contains(weber["subject"].as_str().unwrap()));
+    assert_eq!(
+        line(weber, "0000045108", "SKU-100")["projected_date"],
+        "2026-12-07"
+    );
+    let leads =
+        std::fs::read_to_string(project.path().join("demo/suppliers/lead_times.csv")).unwrap();
+    let faster = leads.replace(
+        "SUP-020,Fluidtechnik Rhein GmbH,SKU-100,14,",
+        "SUP-020,Fluidtechnik Rhein GmbH,SKU-100,10,",
+    );
+    assert_ne!(
+        faster, leads,
+        "the demo's SUP-020 row moved; update this test"
+    );
+    write(project.path(), "demo/suppliers/lead_times_2.csv", &faster);
+    let summary = pipeline::run(&config, None).await.unwrap();
+    assert_eq!(summary.records_updated, 1, "one supplier item changed");
+    let last = read_feed(&feed_path);
+    let new_events = &last[after.len()..];
+    assert_valid_events(new_events);
+    let re_versioned: BTreeSet<String> = new_events
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(re_versioned, on_sku_100);
+    let weber_now = &latest(&last)[weber["subject"].as_str().unwrap()];
+    assert_eq!(
+        line(weber_now, "0000045108", "SKU-100")["projected_date"],
+        "2026-12-03"
+    );
 }
 
 #[tokio::test]
@@ -405,4 +454,147 @@ async fn every_demo_event_validates_against_the_committed_schema() {
     )
     .unwrap();
     assert!(!jsonschema::is_valid(&schema, &broken));
+}
+
+const SUPPLY_CONFIG: &str = r#"
+[store]
+url = "sqlite://.conflux/s.db"
+
+[feed]
+sink = "file"
+path = ".conflux/feed.ndjson"
+
+[identity]
+match_on = ["email"]
+
+[profile]
+today = "2026-11-23"
+
+[[job]]
+name = "all"
+sync = ["crm", "erp", "wms"]
+"#;
+
+const LINE_ORDER_MAPPING: &str = r#"
+entity = "order"
+
+[fields]
+source_id = "id"
+order_number = "id"
+customer_id = "customer"
+ordered_at = "at"
+status = { value = "open" }
+currency = { value = "EUR" }
+total = "total"
+
+[lines]
+path = "lines[*]"
+
+[lines.fields]
+sku = "sku"
+quantity = "qty"
+"#;
+
+const WMS: &str = r#"
+kind = "file"
+system = "wms"
+dir = "drops/stock"
+
+[[stream]]
+name = "stock"
+pattern = "*.csv"
+format = "csv"
+mapping = "wms.inventory"
+"#;
+
+const INVENTORY_MAPPING: &str = r#"
+entity = "inventory"
+
+[fields]
+sku = "sku"
+location = "location"
+on_hand = "on_hand"
+reserved = "reserved"
+"#;
+
+/// Five in stock. Orders of the 1st (3) and 5th (2) of November are covered; one of the
+/// 10th (1) is short. A back-dated order of 1 October (4) then takes stock first: every
+/// newer order's allocation moves, and each of their profiles gets a new version.
+#[tokio::test]
+async fn a_back_dated_order_moves_the_allocation_of_newer_orders_of_other_customers() {
+    let project = project_with(&[
+        ("config/s.toml", SUPPLY_CONFIG.as_bytes()),
+        ("connectors/crm.toml", CRM.as_bytes()),
+        ("connectors/erp.toml", ERP.as_bytes()),
+        ("connectors/wms.toml", WMS.as_bytes()),
+        ("mappings/erp.customer.toml", CUSTOMER_MAPPING.as_bytes()),
+        ("mappings/erp.order.toml", LINE_ORDER_MAPPING.as_bytes()),
+        ("mappings/wms.inventory.toml", INVENTORY_MAPPING.as_bytes()),
+        (
+            "drops/customers/1.csv",
+            b"id,name,email\nC-1,One,one@example.com\nC-2,Two,two@example.com\nC-3,Three,three@example.com\n",
+        ),
+        ("drops/stock/1.csv", b"sku,location,on_hand,reserved\nX,MUC,6,1\n"),
+        (
+            "drops/orders/1.json",
+            br#"[{"id": "O-1", "customer": "C-1", "at": "2026-11-01T00:00:00Z", "total": "30", "lines": [{"sku": "X", "qty": "3"}]},
+                {"id": "O-2", "customer": "C-2", "at": "2026-11-05T00:00:00Z", "total": "20", "lines": [{"sku": "X", "qty": "2"}]},
+                {"id": "O-3", "customer": "C-3", "at": "2026-11-10T00:00:00Z", "total": "10", "lines": [{"sku": "X", "qty": "1"}]}]"#,
+        ),
+    ]);
+    let config = load(project.path(), "config/s.toml");
+    let feed_path = project.path().join(".conflux/feed.ndjson");
+    pipeline::run(&config, None).await.unwrap();
+    let feed = read_feed(&feed_path);
+    assert_valid_events(&feed);
+    let status_of = |feed: &[serde_json::Value], customer: &str| -> Vec<(String, String)> {
+        let event = feed
+            .iter()
+            .rev()
+            .find(|e| e["data"]["sources"][0]["source_id"] == customer)
+            .unwrap();
+        event["data"]["open_orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                let line = &o["lines"][0];
+                (
+                    o["order_number"].as_str().unwrap().to_string(),
+                    format!("{} {}", line["status"].as_str().unwrap(), line["allocated"]),
+                )
+            })
+            .collect()
+    };
+    let pair = |order: &str, status: &str| vec![(order.to_string(), status.to_string())];
+    assert_eq!(status_of(&feed, "C-1"), pair("O-1", "available \"3\""));
+    assert_eq!(status_of(&feed, "C-2"), pair("O-2", "available \"2\""));
+    assert_eq!(
+        status_of(&feed, "C-3"),
+        pair("O-3", "at_risk \"0\""),
+        "short, and no supplier lead time is known"
+    );
+
+    std::fs::write(
+        project.path().join("drops/orders/2.json"),
+        r#"[{"id": "O-0", "customer": "C-3", "at": "2026-10-01T00:00:00Z", "total": "40", "lines": [{"sku": "X", "qty": "4"}]}]"#,
+    )
+    .unwrap();
+    let summary = pipeline::run(&config, None).await.unwrap();
+    assert_eq!(summary.records_inserted, 1);
+    assert_eq!(
+        summary.profiles_updated, 3,
+        "C-3 for its new order, C-1 and C-2 because the older order takes their stock"
+    );
+    let feed = read_feed(&feed_path);
+    assert_valid_events(&feed);
+    assert_eq!(status_of(&feed, "C-1"), pair("O-1", "at_risk \"1\""));
+    assert_eq!(status_of(&feed, "C-2"), pair("O-2", "at_risk \"0\""));
+    assert_eq!(
+        status_of(&feed, "C-3"),
+        vec![
+            ("O-0".to_string(), "available \"4\"".to_string()),
+            ("O-3".to_string(), "at_risk \"0\"".to_string()),
+        ]
+    );
 }
