@@ -1,5 +1,6 @@
 //! The command line: `run`, `daemon`, `runs`, `validate`, `test`, `preview`,
-//! `profiles show`, `quarantine list`, `review`, `identities`. Each subcommand loads the config through [`crate::config::load`] and
+//! `profiles show`, `quarantine list`, `review`, `identities`, `feed tail`. Each subcommand
+//! loads the config through [`crate::config::load`] and
 //! maps its outcome onto the exit codes of [`crate::error`]. Human output goes to stdout,
 //! logs to stderr.
 
@@ -119,6 +120,31 @@ pub enum Command {
         #[command(subcommand)]
         command: identity::IdentitiesCommand,
     },
+    /// Looks at the published feed.
+    Feed {
+        #[command(subcommand)]
+        command: FeedCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeedCommand {
+    /// Binds a temporary queue to the feed's exchange and prints events as they arrive, one
+    /// JSON line each, until interrupted.
+    Tail {
+        /// The broker, `amqp://user:pass@host:5672/vhost`; default: the config's feed.
+        #[arg(long, env = "CONFLUX_AMQP_URL")]
+        amqp: Option<String>,
+        /// The topic exchange; default: the config's, else `conflux.customers`.
+        #[arg(long)]
+        exchange: Option<String>,
+        /// The binding pattern, e.g. `customer.profile.merged`.
+        #[arg(long, default_value = crate::sink::tail::ALL_EVENTS)]
+        binding: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +201,18 @@ fn init_logging() {
 
 /// Runs one parsed command; returns the exit code.
 pub async fn execute(cli: Cli) -> u8 {
+    if let Command::Feed {
+        command:
+            FeedCommand::Tail {
+                amqp,
+                exchange,
+                binding,
+                count,
+            },
+    } = &cli.command
+    {
+        return feed_tail(&cli.config, amqp.clone(), exchange.clone(), binding, *count).await;
+    }
     let config = match config::load(&cli.config) {
         Ok(config) => config,
         Err(diagnostics) => {
@@ -215,6 +253,60 @@ pub async fn execute(cli: Cli) -> u8 {
         } => list_quarantine(&config, limit).await,
         Command::Review { command } => identity::review(&config, command).await,
         Command::Identities { command } => identity::identities(&config, command).await,
+        Command::Feed { .. } => unreachable!("feed commands are handled before loading"),
+    }
+}
+
+/// `feed tail`: the broker and exchange from the flags, else from the config's AMQP feed.
+async fn feed_tail(
+    config_path: &Path,
+    amqp: Option<String>,
+    exchange: Option<String>,
+    binding: &str,
+    count: Option<usize>,
+) -> u8 {
+    let configured = if amqp.is_none() || exchange.is_none() {
+        match config::load(config_path) {
+            Ok(config) => match config.feed.sink {
+                crate::config::SinkConfig::Amqp { url, exchange } => Some((url, exchange)),
+                crate::config::SinkConfig::File { .. } => None,
+            },
+            Err(_) if amqp.is_some() => None,
+            Err(diagnostics) => {
+                eprintln_redacted!("{diagnostics}");
+                eprintln_redacted!("give --amqp <url> or a config whose feed is AMQP");
+                return EXIT_INVALID;
+            }
+        }
+    } else {
+        None
+    };
+    let Some(url) = amqp.or_else(|| configured.as_ref().map(|(url, _)| url.clone())) else {
+        eprintln_redacted!(
+            "error: {} has no AMQP feed; give --amqp <url>",
+            config_path.display()
+        );
+        return EXIT_INVALID;
+    };
+    let exchange = exchange
+        .or_else(|| configured.map(|(_, exchange)| exchange))
+        .unwrap_or_else(|| "conflux.customers".to_string());
+    let mut stdout = std::io::stdout();
+    let tail = crate::sink::tail::tail(&url, &exchange, binding, count, &mut stdout, |queue| {
+        eprintln_redacted!(
+            "tailing exchange {exchange:?} ({binding}) on {} through temporary queue {queue}",
+            crate::sink::amqp::redact_url(&url)
+        );
+    });
+    tokio::select! {
+        outcome = tail => match outcome {
+            Ok(_) => EXIT_OK,
+            Err(error) => {
+                eprintln_redacted!("error: {error}");
+                EXIT_RUNTIME
+            }
+        },
+        _ = tokio::signal::ctrl_c() => EXIT_OK,
     }
 }
 

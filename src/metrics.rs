@@ -23,11 +23,17 @@ pub const EVENTS_DELIVERED: &str = "conflux_events_delivered_total";
 pub const EVENTS_PENDING: &str = "conflux_events_pending";
 pub const RUN_DURATION: &str = "conflux_run_duration_seconds";
 pub const JOB_LAST_SUCCESS: &str = "conflux_job_last_success_timestamp_seconds";
+/// Conflicts listed in the profile versions a run wrote (data quality).
+pub const PROFILE_CONFLICTS: &str = "conflux_profile_conflicts_total";
+/// Profile versions written with a completeness below 100 % (data quality).
+pub const PROFILES_INCOMPLETE: &str = "conflux_profiles_incomplete_total";
+/// Profiles re-versioned by the end-of-run segmentation.
+pub const PROFILES_RESEGMENTED: &str = "conflux_profiles_resegmented_total";
 /// Labelled by status; it appears in the exposition with the first retry.
 pub const HTTP_RETRIES: &str = "conflux_http_retries_total";
 
 /// Every metric exposed from start-up, for checks that the exposition lists them all.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 10] = [
     RECORDS_READ,
     RECORDS_MAPPED,
     RECORDS_QUARANTINED,
@@ -35,6 +41,9 @@ pub const ALL: [&str; 7] = [
     EVENTS_PENDING,
     RUN_DURATION,
     JOB_LAST_SUCCESS,
+    PROFILE_CONFLICTS,
+    PROFILES_INCOMPLETE,
+    PROFILES_RESEGMENTED,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -77,6 +86,18 @@ fn describe() {
         EVENTS_PENDING,
         "Events waiting in the outbox after the last run."
     );
+    describe_counter!(
+        PROFILE_CONFLICTS,
+        "Conflicts (identifiers, birth date, legal name) listed in the profile versions written."
+    );
+    describe_counter!(
+        PROFILES_INCOMPLETE,
+        "Profile versions written with a completeness below 100 %."
+    );
+    describe_counter!(
+        PROFILES_RESEGMENTED,
+        "Profiles re-versioned because their RFM scores, value tier or lifecycle stage changed."
+    );
     describe_histogram!(RUN_DURATION, Unit::Seconds, "Duration of job runs.");
     describe_gauge!(
         JOB_LAST_SUCCESS,
@@ -94,6 +115,9 @@ pub fn register_job(job: &str) {
         RECORDS_MAPPED,
         RECORDS_QUARANTINED,
         EVENTS_DELIVERED,
+        PROFILE_CONFLICTS,
+        PROFILES_INCOMPLETE,
+        PROFILES_RESEGMENTED,
     ] {
         counter!(name, "job" => label.clone()).increment(0);
     }
@@ -114,6 +138,11 @@ pub fn record_run(
         counter!(RECORDS_QUARANTINED, "job" => label.clone())
             .increment(summary.records_quarantined);
         counter!(EVENTS_DELIVERED, "job" => label.clone()).increment(summary.events_delivered);
+        counter!(PROFILE_CONFLICTS, "job" => label.clone()).increment(summary.profile_conflicts);
+        counter!(PROFILES_INCOMPLETE, "job" => label.clone())
+            .increment(summary.profiles_incomplete);
+        counter!(PROFILES_RESEGMENTED, "job" => label.clone())
+            .increment(summary.profiles_resegmented);
         // The outbox is shared by all jobs, so its depth carries no job label.
         gauge!(EVENTS_PENDING).set(summary.events_pending as f64);
     }
@@ -136,6 +165,9 @@ mod tests {
             records_quarantined: 2,
             events_delivered: 3,
             events_pending: 1,
+            profile_conflicts: 4,
+            profiles_incomplete: 5,
+            profiles_resegmented: 6,
             ..RunSummary::default()
         };
         let finished: Timestamp = "2026-01-02T03:04:05.5Z".parse().unwrap();
@@ -154,6 +186,9 @@ mod tests {
             "conflux_records_mapped_total{job=\"metrics-test\"} 5",
             "conflux_records_quarantined_total{job=\"metrics-test\"} 2",
             "conflux_events_delivered_total{job=\"metrics-test\"} 3",
+            "conflux_profile_conflicts_total{job=\"metrics-test\"} 4",
+            "conflux_profiles_incomplete_total{job=\"metrics-test\"} 5",
+            "conflux_profiles_resegmented_total{job=\"metrics-test\"} 6",
             "conflux_run_duration_seconds_count{job=\"metrics-test\"} 1",
             "conflux_run_duration_seconds_sum{job=\"metrics-test\"} 1.5",
             "conflux_run_duration_seconds_count{job=\"metrics-test-failed\"} 1",

@@ -58,6 +58,17 @@ pub struct RunSummary {
     pub possible_matches: u64,
     pub events_delivered: u64,
     pub events_pending: u64,
+    /// Profiles re-versioned by the end-of-run segmentation (RFM, tier, lifecycle changed);
+    /// their events are `customer.profile.updated`, counted here and not in
+    /// `profiles_updated`.
+    #[serde(default)]
+    pub profiles_resegmented: u64,
+    /// Conflicts listed in the profile versions written by this run.
+    #[serde(default)]
+    pub profile_conflicts: u64,
+    /// Profile versions written by this run whose completeness is below 100 %.
+    #[serde(default)]
+    pub profiles_incomplete: u64,
     /// Where the feed went.
     pub feed: String,
     /// Wall time per stage.
@@ -113,6 +124,11 @@ impl std::fmt::Display for RunSummary {
             self.profiles_merged,
             self.candidate_pairs,
             self.possible_matches
+        )?;
+        writeln!(
+            f,
+            "segments: {} profiles re-versioned; quality: {} conflicts, {} incomplete versions",
+            self.profiles_resegmented, self.profile_conflicts, self.profiles_incomplete
         )?;
         writeln!(
             f,
@@ -182,6 +198,12 @@ pub fn profile_settings(config: &Config) -> ProfileSettings {
         base_currency: config.profile.base_currency.clone(),
         fx: config.profile.fx.clone(),
         source_priority: config.profile.source_priority.clone(),
+        survivorship: config.profile.survivorship.clone(),
+        default_rule: config.profile.default_rule,
+        value_excludes: config.profile.value_excludes.clone(),
+        tiers: config.profile.tiers.clone(),
+        lifecycle: config.profile.lifecycle.clone(),
+        today: config.profile.today.unwrap_or_else(profile::utc_today),
     }
 }
 
@@ -288,6 +310,13 @@ async fn run_streams(
         Ok(()) => sync_streams(config, pairs, store, &batcher, &mut summary).await,
         Err(error) => Err(error),
     };
+    // Segments are relative to the whole customer base: recomputed once the base is current.
+    let resegmenting = std::time::Instant::now();
+    let synced = match synced {
+        Ok(()) => resegment(store, &batcher, &mut summary).await,
+        Err(error) => Err(error),
+    };
+    summary.stages.build += resegmenting.elapsed();
 
     let settings = RelaySettings {
         batch_size: config.feed.batch_size as i64,
@@ -611,6 +640,11 @@ impl Batcher<'_> {
         let mut customer_keys = Vec::new();
         let mut order_customers = BTreeSet::new();
         let mut line_orders = BTreeSet::new();
+        // SKUs whose stock, lead times, category or competing demand changed, with the
+        // order date from which their open orders are affected (`None`: all of them).
+        let mut changed_skus: BTreeMap<String, Option<Timestamp>> = BTreeMap::new();
+        // Standalone lines: (system, order id, SKU); their order's date decides.
+        let mut changed_lines = Vec::new();
         for (record, outcome) in records.into_iter().zip(outcomes) {
             match outcome {
                 Upsert::Unchanged => {
@@ -630,6 +664,12 @@ impl Batcher<'_> {
                     customer_keys.push((customer.source, keys));
                 }
                 Record::Order(order) => {
+                    // Stock goes to the oldest orders first: a changed order moves only the
+                    // allocation of orders as new as it or newer.
+                    let from = order.ordered_at.unwrap_or(Timestamp::MAX);
+                    for sku in order.lines.iter().filter_map(|l| l.sku.clone()) {
+                        affects_from(&mut changed_skus, sku, Some(from));
+                    }
                     // An order that moved to another customer changes the profile it left.
                     if let Some(previous) = previous_customers.remove(&order.source) {
                         order_customers.insert((order.source.system.clone(), previous));
@@ -639,9 +679,19 @@ impl Batcher<'_> {
                     }
                 }
                 Record::OrderLine(item) => {
+                    if let Some(sku) = item.line.sku.clone() {
+                        changed_lines.push((
+                            item.source.system.clone(),
+                            item.order_id.clone(),
+                            sku,
+                        ));
+                    }
                     line_orders.insert((item.source.system, item.order_id));
                 }
-                _ => {}
+                Record::Inventory(item) => affects_from(&mut changed_skus, item.sku, None),
+                Record::SupplierItem(item) => affects_from(&mut changed_skus, item.sku, None),
+                Record::Product(product) => affects_from(&mut changed_skus, product.sku, None),
+                Record::Supplier(_) => {}
             }
         }
         tx.set_match_keys_many(&customer_keys).await?;
@@ -651,6 +701,40 @@ impl Batcher<'_> {
         summary.stages.resolve += lap(&mut clock);
         let line_orders: Vec<(String, String)> = line_orders.into_iter().collect();
         order_customers.extend(tx.customers_of_orders(&line_orders).await?);
+        // Only the profiles with open lines on a changed SKU are re-evaluated for supply.
+        let skus: Vec<String> = changed_skus
+            .keys()
+            .cloned()
+            .chain(changed_lines.iter().map(|(_, _, sku)| sku.clone()))
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        let competing = tx.open_orders_with_skus(&skus).await?;
+        for (system, order_id, sku) in changed_lines {
+            // A line of an order that is not open takes no stock.
+            if let Some(order) = competing
+                .iter()
+                .find(|o| o.source.system == system && o.source.source_id == order_id)
+            {
+                let from = order.ordered_at.unwrap_or(Timestamp::MAX);
+                affects_from(&mut changed_skus, sku, Some(from));
+            }
+        }
+        for order in competing {
+            let at = order.ordered_at.unwrap_or(Timestamp::MAX);
+            let affected = order
+                .lines
+                .iter()
+                .filter_map(|l| l.sku.as_ref())
+                .any(|sku| {
+                    changed_skus
+                        .get(sku)
+                        .is_some_and(|from| from.is_none_or(|from| at >= from))
+                });
+            if affected && let Some(customer) = order.customer_id {
+                order_customers.insert((order.source.system, customer));
+            }
+        }
         let order_customers: Vec<(String, String)> = order_customers.into_iter().collect();
         affected.extend(tx.profiles_of_customer_ids(&order_customers).await?);
         self.rebuild(tx, &affected, &merges, summary).await?;
@@ -674,7 +758,9 @@ impl Batcher<'_> {
             .map(|c| (c.source.system.clone(), c.source.source_id.clone()))
             .collect();
         let mut orders = tx.orders_of_customers(&owners).await?;
+        let supply = self.supply(tx, orders.values().flatten()).await?;
         let latest = tx.latest_profiles(&ids).await?;
+        let previous = tx.latest_profile_bodies(&ids).await?;
         let mut writes = Vec::new();
         for profile_id in ids {
             let Some(members) = customers.remove(&profile_id) else {
@@ -696,6 +782,8 @@ impl Batcher<'_> {
                 merged_ids,
                 &members,
                 &member_orders,
+                &supply,
+                previous.get(&profile_id).map(|p| &p.segment),
                 &self.settings,
             );
             let hash = built.content_hash();
@@ -710,17 +798,120 @@ impl Batcher<'_> {
                 EventType::Updated => summary.profiles_updated += 1,
                 EventType::Merged => summary.profiles_merged += 1,
             }
-            let event = ProfileEvent::new(&self.event_source, event_type, Timestamp::now(), built);
-            let event_body = serde_json::to_string(&event)
-                .map_err(|e| StoreError::Corrupt(format!("cannot serialise event: {e}")))?;
-            writes.push(ProfileWrite {
-                profile: event.data,
-                content_hash: hash,
-                event_type: event_type.as_str().to_string(),
-                event_body,
-            });
+            writes.push(self.profile_write(built, hash, event_type, summary)?);
         }
         tx.write_profiles(&writes).await
+    }
+
+    /// The supply picture of the open lines of `orders`: every open order competing for
+    /// their SKUs, the SKUs' stock, supplier lead times and products.
+    async fn supply<'o>(
+        &self,
+        tx: &mut dyn StoreTx,
+        orders: impl Iterator<Item = &'o Order> + Clone,
+    ) -> Result<profile::Supply, StoreError> {
+        let open = profile::open_skus(orders.clone());
+        let all: Vec<String> = orders
+            .flat_map(|o| &o.lines)
+            .filter_map(|l| l.sku.clone())
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        let open_list: Vec<String> = open.iter().cloned().collect();
+        let competing = tx.open_orders_with_skus(&open_list).await?;
+        let (mut inventory, mut supplier_items, mut products) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for record in tx.sku_records(&all).await? {
+            match record {
+                Record::Inventory(item) => inventory.push(item),
+                Record::SupplierItem(item) => supplier_items.push(item),
+                Record::Product(product) => products.push(product),
+                _ => {}
+            }
+        }
+        Ok(profile::allocate(
+            &competing,
+            &inventory,
+            &supplier_items,
+            &products,
+            &open,
+            self.settings.today,
+        ))
+    }
+
+    /// The store write of a profile version and its event; counts its data quality.
+    fn profile_write(
+        &self,
+        built: crate::model::profile::CustomerProfile,
+        hash: String,
+        event_type: EventType,
+        summary: &mut RunSummary,
+    ) -> Result<ProfileWrite, StoreError> {
+        summary.profile_conflicts += built.data_quality.conflict_count;
+        if built.data_quality.completeness < 100 {
+            summary.profiles_incomplete += 1;
+        }
+        let event = ProfileEvent::new(&self.event_source, event_type, Timestamp::now(), built);
+        let event_body = serde_json::to_string(&event)
+            .map_err(|e| StoreError::Corrupt(format!("cannot serialise event: {e}")))?;
+        Ok(ProfileWrite {
+            profile: event.data,
+            content_hash: hash,
+            event_type: event_type.as_str().to_string(),
+            event_body,
+        })
+    }
+}
+
+/// Profiles re-versioned per transaction by [`resegment`].
+const RESEGMENT_CHUNK: usize = 500;
+
+/// Recomputes RFM scores, value tiers and lifecycle stages over every live profile (compact
+/// metric rows, not whole profiles) and writes a new version of each profile whose segment
+/// changed, a bounded number per transaction.
+async fn resegment(
+    store: &dyn Store,
+    batcher: &Batcher<'_>,
+    summary: &mut RunSummary,
+) -> Result<(), PipelineError> {
+    let rows = {
+        let mut tx = store.begin().await?;
+        tx.profile_metric_rows().await?
+    };
+    let changed = profile::resegment(&rows, &batcher.settings);
+    drop(rows);
+    for chunk in changed.chunks(RESEGMENT_CHUNK) {
+        let mut tx = store.begin().await?;
+        let ids: Vec<Uuid> = chunk.iter().map(|(id, _)| *id).collect();
+        let mut bodies = tx.latest_profile_bodies(&ids).await?;
+        let mut writes = Vec::new();
+        for (id, segment) in chunk {
+            let Some(stored) = bodies.remove(id) else {
+                continue;
+            };
+            let mut profile = profile::with_segment(stored, *segment, &batcher.settings);
+            profile.version += 1;
+            profile.merged_ids.clear();
+            let hash = profile.content_hash();
+            summary.profiles_resegmented += 1;
+            writes.push(batcher.profile_write(profile, hash, EventType::Updated, summary)?);
+        }
+        tx.write_profiles(&writes).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Records that the open orders on `sku` from the order date `from` on (all when `None`) need
+/// their supply re-evaluated.
+fn affects_from(
+    skus: &mut BTreeMap<String, Option<Timestamp>>,
+    sku: String,
+    from: Option<Timestamp>,
+) {
+    let entry = skus.entry(sku).or_insert(from);
+    if from < *entry {
+        *entry = from;
     }
 }
 

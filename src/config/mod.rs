@@ -127,6 +127,14 @@ pub struct ProfileConfig {
     pub fx: BTreeMap<String, Decimal>,
     /// Connector systems in descending trust; each names the system of a loaded connector.
     pub source_priority: Vec<String>,
+    /// `today`; `None` means the current UTC date at the start of each run.
+    pub today: Option<jiff::civil::Date>,
+    /// Survivorship rules of the fields that do not use `default_rule`.
+    pub survivorship: BTreeMap<String, crate::profile::Rule>,
+    pub default_rule: crate::profile::Rule,
+    pub value_excludes: Vec<crate::model::OrderStatus>,
+    pub tiers: crate::profile::TierSettings,
+    pub lifecycle: crate::profile::LifecycleSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,6 +453,15 @@ batch_size = 50
                 base_currency: "EUR".into(),
                 fx: BTreeMap::new(),
                 source_priority: Vec::new(),
+                today: None,
+                survivorship: BTreeMap::new(),
+                default_rule: crate::profile::Rule::SourcePriority,
+                value_excludes: vec![
+                    crate::model::OrderStatus::Cancelled,
+                    crate::model::OrderStatus::Returned
+                ],
+                tiers: crate::profile::TierSettings::default(),
+                lifecycle: crate::profile::LifecycleSettings::default(),
             }
         );
         let stream = |connector: &str, stream: &str| StreamRef {
@@ -896,6 +913,65 @@ batch_size = 50
                  connector has; did you mean \"sap\"?",
             ]
         );
+    }
+
+    #[test]
+    fn profile_rules_are_checked_and_loaded() {
+        let tree = Tree::new();
+        let bad = CONFIG.replace(
+            "[[job]]",
+            "[profile]\ntoday = \"23.11.2026\"\nexclude_from_value = [\"canceled\"]\n\
+             [profile.survivorship]\nfull_name = \"newest\"\nnickname = \"most_recent\"\n\
+             [profile.tiers]\nbasis = \"value\"\ndiamond = \"100\"\ngold = \"500\"\n\
+             [profile.lifecycle]\nloyal_orders = 1\nat_risk_days = 400\n\
+             [[job]]",
+        );
+        tree.write("config/test.toml", &bad);
+        assert_eq!(
+            tree.errors(&[]),
+            [
+                "config/test.toml:9:9: today must be a date like \"2026-11-23\", got \"23.11.2026\"",
+                "config/test.toml:10:23: unknown order status \"canceled\"; did you mean \
+                 \"cancelled\"?",
+                "config/test.toml:12:13: unknown survivorship rule \"newest\"; expected one of \
+                 \"source_priority\", \"most_recent\", \"most_complete\", \"most_frequent\"",
+                "config/test.toml:13:12: unknown survivorship field \"nickname\"; expected one \
+                 of \"default\", \"kind\", \"full_name\", \"given_name\", \"family_name\", \
+                 \"company\", \"birth_date\"",
+                "config/test.toml:15:9: tiers.silver is required with basis = \"value\"",
+                "config/test.toml:19:16: lifecycle.loyal_orders must be at least 2, got 1",
+            ]
+        );
+
+        let good = CONFIG.replace(
+            "[[job]]",
+            "[profile]\ntoday = \"2026-11-23\"\nexclude_from_value = [\"cancelled\"]\n\
+             [profile.survivorship]\ndefault = \"most_recent\"\ncompany = \"source_priority\"\n\
+             [profile.tiers]\nbasis = \"value\"\ndiamond = \"10000\"\ngold = \"5000\"\n\
+             silver = \"1000\"\n\
+             [profile.lifecycle]\nloyal_orders = 3\nat_risk_days = 90\n\
+             [[job]]",
+        );
+        tree.write("config/test.toml", &good);
+        let profile = tree.load(&[]).unwrap().profile;
+        assert_eq!(
+            profile.today,
+            Some(jiff::civil::Date::constant(2026, 11, 23))
+        );
+        assert_eq!(profile.default_rule, crate::profile::Rule::MostRecent);
+        assert_eq!(
+            profile.survivorship,
+            BTreeMap::from([("company".to_string(), crate::profile::Rule::SourcePriority)])
+        );
+        assert_eq!(
+            profile.value_excludes,
+            [crate::model::OrderStatus::Cancelled]
+        );
+        assert_eq!(profile.tiers.basis, crate::profile::TierBasis::Value);
+        assert_eq!(profile.tiers.silver, Decimal::from(1000));
+        assert_eq!(profile.lifecycle.loyal_orders, 3);
+        assert_eq!(profile.lifecycle.at_risk_days, 90);
+        assert_eq!(profile.lifecycle.lapsed_days, 365);
     }
 
     #[test]

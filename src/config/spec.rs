@@ -115,6 +115,46 @@ pub struct ProfileSpec {
     /// in this list that has one, then the most recently updated value.
     #[serde(default)]
     pub source_priority: Vec<Spanned<String>>,
+    /// The date recency, lifecycle stages and projected dates are relative to, `YYYY-MM-DD`;
+    /// default: the current date in UTC. Set it to make runs reproducible.
+    pub today: Option<Spanned<String>>,
+    /// Survivorship rule per golden-record field (`kind`, `full_name`, `given_name`,
+    /// `family_name`, `company`, `birth_date`), and `default` for the others:
+    /// `source_priority` (the default), `most_recent`, `most_complete`, `most_frequent`.
+    #[serde(default)]
+    pub survivorship: BTreeMap<String, Spanned<String>>,
+    /// Order statuses counted in neither order count nor value; default
+    /// `["cancelled", "returned"]`.
+    pub exclude_from_value: Option<Vec<Spanned<String>>>,
+    pub tiers: Option<TierSpec>,
+    pub lifecycle: Option<LifecycleSpec>,
+}
+
+/// `[profile.tiers]`: the customer-value pyramid.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSpec {
+    /// `percentile` (the default: thresholds are percentile ranks of lifetime value, 0-100)
+    /// or `value` (thresholds are lifetime values in the base currency).
+    pub basis: Option<Spanned<String>>,
+    /// Decimal strings; default 99 / 95 / 80 (percentile). Required with `basis = "value"`.
+    pub diamond: Option<Spanned<String>>,
+    pub gold: Option<Spanned<String>>,
+    pub silver: Option<Spanned<String>>,
+}
+
+/// `[profile.lifecycle]`: the loyalty ladder's limits, in orders and days.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSpec {
+    /// Default 5.
+    pub loyal_orders: Option<Spanned<i64>>,
+    /// Days since the first order; default 365.
+    pub loyal_tenure_days: Option<Spanned<i64>>,
+    /// Days since the last order; default 180.
+    pub at_risk_days: Option<Spanned<i64>>,
+    /// Days since the last order; default 365.
+    pub lapsed_days: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

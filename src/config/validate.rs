@@ -694,11 +694,218 @@ fn check_profile(spec: &ProfileSpec, checker: &mut Checker) -> Option<ProfileCon
             }
         }
     }
+    let rules = check_profile_rules(spec, checker);
+    let (today, survivorship, default_rule, value_excludes, tiers, lifecycle) = rules?;
     Some(ProfileConfig {
         base_currency: base_currency?,
         fx: ok.then_some(fx)?,
         source_priority: Vec::new(),
+        today,
+        survivorship,
+        default_rule,
+        value_excludes,
+        tiers,
+        lifecycle,
     })
+}
+
+type ProfileRules = (
+    Option<jiff::civil::Date>,
+    BTreeMap<String, crate::profile::Rule>,
+    crate::profile::Rule,
+    Vec<crate::model::OrderStatus>,
+    crate::profile::TierSettings,
+    crate::profile::LifecycleSettings,
+);
+
+/// `today`, `[profile.survivorship]`, `exclude_from_value`, `[profile.tiers]` and
+/// `[profile.lifecycle]`.
+fn check_profile_rules(spec: &ProfileSpec, checker: &mut Checker) -> Option<ProfileRules> {
+    use crate::model::OrderStatus;
+    use crate::profile::{LifecycleSettings, Rule, SURVIVORSHIP_FIELDS, TierBasis, TierSettings};
+    let mut ok = true;
+    let today = match checker.optional_text(spec.today.as_ref()) {
+        Some(Some(text)) => match jiff::civil::Date::from_str(text.value.trim()) {
+            Ok(date) => Some(date),
+            Err(_) => {
+                checker.error(
+                    text.span.start,
+                    format!(
+                        "today must be a date like \"2026-11-23\", got {}",
+                        text.shown()
+                    ),
+                );
+                ok = false;
+                None
+            }
+        },
+        Some(None) => None,
+        None => {
+            ok = false;
+            None
+        }
+    };
+    let mut survivorship = BTreeMap::new();
+    let mut default_rule = Rule::SourcePriority;
+    for (field, rule) in &spec.survivorship {
+        let Some(text) = checker.text(rule) else {
+            ok = false;
+            continue;
+        };
+        if field != "default" && !SURVIVORSHIP_FIELDS.contains(&field.as_str()) {
+            let accepted: Vec<&str> = std::iter::once("default")
+                .chain(SURVIVORSHIP_FIELDS)
+                .collect();
+            checker.unknown(
+                "survivorship field",
+                &Text {
+                    value: field.clone(),
+                    span: text.span.clone(),
+                    from_env: false,
+                },
+                &accepted,
+            );
+            ok = false;
+            continue;
+        }
+        match Rule::parse(text.value.trim()) {
+            Some(parsed) if field == "default" => default_rule = parsed,
+            Some(parsed) => {
+                survivorship.insert(field.clone(), parsed);
+            }
+            None => {
+                checker.unknown("survivorship rule", &text, &Rule::NAMES);
+                ok = false;
+            }
+        }
+    }
+    let mut value_excludes = vec![OrderStatus::Cancelled, OrderStatus::Returned];
+    if let Some(statuses) = &spec.exclude_from_value {
+        value_excludes.clear();
+        for status in statuses {
+            let Some(text) = checker.text(status) else {
+                ok = false;
+                continue;
+            };
+            match OrderStatus::parse(text.value.trim()) {
+                Some(parsed) => value_excludes.push(parsed),
+                None => {
+                    checker.unknown("order status", &text, &OrderStatus::NAMES);
+                    ok = false;
+                }
+            }
+        }
+    }
+    let mut tiers = TierSettings::default();
+    if let Some(spec) = &spec.tiers {
+        match checker.optional_text(spec.basis.as_ref()) {
+            Some(Some(text)) => match text.value.trim() {
+                "percentile" => {}
+                "value" => tiers.basis = TierBasis::Value,
+                _ => {
+                    checker.unknown("tier basis", &text, &["percentile", "value"]);
+                    ok = false;
+                }
+            },
+            Some(None) => {}
+            None => ok = false,
+        }
+        let mut thresholds = Vec::new();
+        for (name, value, slot) in [
+            ("diamond", &spec.diamond, &mut tiers.diamond),
+            ("gold", &spec.gold, &mut tiers.gold),
+            ("silver", &spec.silver, &mut tiers.silver),
+        ] {
+            match checker.optional_text(value.as_ref()) {
+                Some(Some(text)) => match Decimal::from_str(text.value.trim()) {
+                    Ok(parsed) if parsed >= Decimal::ZERO => {
+                        *slot = parsed;
+                        thresholds.push((text.span.start, parsed));
+                    }
+                    _ => {
+                        checker.error(
+                            text.span.start,
+                            format!(
+                                "tiers.{name} must be a non-negative decimal such as \"5000\", got {}",
+                                text.shown()
+                            ),
+                        );
+                        ok = false;
+                    }
+                },
+                Some(None) if tiers.basis == TierBasis::Value => {
+                    let at = spec.basis.as_ref().map_or(0, |b| b.span().start);
+                    checker.error(
+                        at,
+                        format!("tiers.{name} is required with basis = \"value\""),
+                    );
+                    ok = false;
+                }
+                Some(None) => {}
+                None => ok = false,
+            }
+        }
+        if ok && !(tiers.diamond >= tiers.gold && tiers.gold >= tiers.silver) {
+            let at = thresholds.first().map_or(0, |(at, _)| *at);
+            checker.error(
+                at,
+                "tiers must satisfy diamond >= gold >= silver".to_string(),
+            );
+            ok = false;
+        }
+    }
+    let mut lifecycle = LifecycleSettings::default();
+    if let Some(spec) = &spec.lifecycle {
+        for (name, value) in [
+            ("loyal_orders", &spec.loyal_orders),
+            ("loyal_tenure_days", &spec.loyal_tenure_days),
+            ("at_risk_days", &spec.at_risk_days),
+            ("lapsed_days", &spec.lapsed_days),
+        ] {
+            let Some(value) = value else { continue };
+            let number = *value.get_ref();
+            if number < 0 || (name == "loyal_orders" && number < 2) {
+                checker.error(
+                    value.span().start,
+                    format!(
+                        "lifecycle.{name} must be {}, got {number}",
+                        if name == "loyal_orders" {
+                            "at least 2"
+                        } else {
+                            "zero or more"
+                        }
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            match name {
+                "loyal_orders" => lifecycle.loyal_orders = number as u64,
+                "loyal_tenure_days" => lifecycle.loyal_tenure_days = number,
+                "at_risk_days" => lifecycle.at_risk_days = number,
+                _ => lifecycle.lapsed_days = number,
+            }
+        }
+        if ok && lifecycle.at_risk_days > lifecycle.lapsed_days {
+            let at = spec.at_risk_days.as_ref().map_or(0, |v| v.span().start);
+            checker.error(
+                at,
+                format!(
+                    "lifecycle.at_risk_days ({}) must not exceed lapsed_days ({})",
+                    lifecycle.at_risk_days, lifecycle.lapsed_days
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some((
+        today,
+        survivorship,
+        default_rule,
+        value_excludes,
+        tiers,
+        lifecycle,
+    ))
 }
 
 fn check_source_priority(

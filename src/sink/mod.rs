@@ -9,6 +9,7 @@
 pub mod amqp;
 pub mod file;
 pub mod relay;
+pub mod tail;
 
 use async_trait::async_trait;
 

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::model::profile::CustomerProfile;
 use crate::model::{Customer, Order, Record, SourceRef};
+use crate::profile::MetricRow;
 use crate::sink::OutboxEvent;
 use crate::source::IngestedFile;
 
@@ -315,6 +316,26 @@ pub trait StoreTx: Send {
     async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError>;
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// The latest stored version of each profile that has one (retired ids are not
+    /// followed), for carrying a profile's segment forward and re-versioning it.
+    async fn latest_profile_bodies(
+        &mut self,
+        profiles: &[Uuid],
+    ) -> Result<HashMap<Uuid, CustomerProfile>, StoreError>;
+
+    /// Every stored order that is open or partially fulfilled and has a line (embedded or
+    /// standalone) on one of `skus`, with its standalone lines attached, ordered by source
+    /// ref: the demand that competes for those SKUs' stock.
+    async fn open_orders_with_skus(&mut self, skus: &[String]) -> Result<Vec<Order>, StoreError>;
+
+    /// The stored inventory, supplier item and product records of `skus`, ordered by source
+    /// ref.
+    async fn sku_records(&mut self, skus: &[String]) -> Result<Vec<Record>, StoreError>;
+
+    /// The compact segmentation figures of every live profile (not retired, with linked
+    /// records and a stored version), read from the latest versions, ordered by profile id.
+    async fn profile_metric_rows(&mut self) -> Result<Vec<MetricRow>, StoreError>;
 
     /// [`StoreTx::upsert_record`] for a whole batch, in order: a source ref that appears twice
     /// is inserted by its first occurrence and updated (or unchanged) by the later ones.

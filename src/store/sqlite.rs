@@ -32,10 +32,12 @@ use super::{
     BlockLookup, IdentityDecision, JobRun, PossibleMatch, PossibleMatchRow, ProfileWrite,
     QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert,
 };
-use crate::model::profile::CustomerProfile;
+use crate::model::profile::{CustomerProfile, Segment};
 use crate::model::{Customer, Order, OrderLineItem, Record, SourceRef};
+use crate::profile::MetricRow;
 use crate::sink::OutboxEvent;
 use crate::source::IngestedFile;
+use rust_decimal::Decimal;
 
 static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
@@ -1651,6 +1653,139 @@ impl StoreTx for SqliteTx {
         self.tx.commit().await?;
         Ok(())
     }
+
+    async fn latest_profile_bodies(
+        &mut self,
+        profiles: &[Uuid],
+    ) -> Result<HashMap<Uuid, CustomerProfile>, StoreError> {
+        if profiles.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<String> = profiles.iter().map(|id| id.to_string()).collect();
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT j.key, v.body FROM json_each($1) j \
+             CROSS JOIN profiles p ON p.profile_id = j.value \
+             CROSS JOIN profile_versions v ON v.profile_id = p.profile_id \
+                                          AND v.version = p.latest_version",
+        )
+        .bind(json_list(&ids, "profile ids")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(key, body)| {
+                let id = profiles[position(key, profiles.len())?];
+                let profile = serde_json::from_str(&body).map_err(|error| {
+                    StoreError::Corrupt(format!("profile {id}: undecodable version: {error}"))
+                })?;
+                Ok((id, profile))
+            })
+            .collect()
+    }
+
+    async fn open_orders_with_skus(&mut self, skus: &[String]) -> Result<Vec<Order>, StoreError> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            // Open orders come from the status index; their lines (embedded or standalone)
+            // are matched against the wanted SKUs.
+            "SELECT o.system, o.stream, o.source_id, o.body FROM records o \
+             WHERE o.entity = 'order' \
+               AND json_extract(o.body, '$.status') IN ('open', 'partially_fulfilled') \
+               AND (EXISTS (SELECT 1 FROM json_each(o.body, '$.lines') l \
+                            WHERE json_extract(l.value, '$.sku') IN (SELECT value FROM json_each($1))) \
+                    OR EXISTS (SELECT 1 FROM records li INDEXED BY records_by_order \
+                               WHERE li.entity = 'order_line' AND li.system = o.system \
+                                 AND li.order_id = o.source_id \
+                                 AND json_extract(li.body, '$.line.sku') \
+                                     IN (SELECT value FROM json_each($1)))) \
+             ORDER BY o.system, o.stream, o.source_id",
+        )
+        .bind(json_list(skus, "skus")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut orders = rows
+            .into_iter()
+            .map(|(system, stream, source_id, body)| {
+                decode_order(&body, &format!("{system}/{stream}/{source_id}"))
+            })
+            .collect::<Result<Vec<Order>, StoreError>>()?;
+        attach_lines(&mut self.tx, &mut orders.iter_mut().collect::<Vec<_>>()).await?;
+        Ok(orders)
+    }
+
+    async fn sku_records(&mut self, skus: &[String]) -> Result<Vec<Record>, StoreError> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT r.system, r.stream, r.source_id, r.body FROM json_each($1) j \
+             CROSS JOIN records r INDEXED BY records_by_sku \
+                 ON json_extract(r.body, '$.sku') = j.value \
+                AND r.entity IN ('inventory', 'supplier_item', 'product') \
+             ORDER BY r.system, r.stream, r.source_id",
+        )
+        .bind(json_list(skus, "skus")?)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(system, stream, source_id, body)| {
+                decode_record(&body, &format!("{system}/{stream}/{source_id}"))
+            })
+            .collect()
+    }
+
+    async fn profile_metric_rows(&mut self) -> Result<Vec<MetricRow>, StoreError> {
+        type Row = (
+            String,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT p.profile_id, \
+                    json_extract(v.body, '$.metrics.order_count'), \
+                    json_extract(v.body, '$.metrics.lifetime_value.amount'), \
+                    json_extract(v.body, '$.metrics.first_order_at'), \
+                    json_extract(v.body, '$.metrics.last_order_at'), \
+                    json_extract(v.body, '$.segment') \
+             FROM profiles p \
+             JOIN profile_versions v ON v.profile_id = p.profile_id \
+                                    AND v.version = p.latest_version \
+             WHERE p.retired_into IS NULL \
+               AND EXISTS (SELECT 1 FROM links l WHERE l.profile_id = p.profile_id) \
+             ORDER BY p.profile_id",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(id, count, value, first, last, segment)| {
+                let context = format!("profile {id}");
+                let time =
+                    |text: Option<String>| text.map(|t| parse_time(&t, &context)).transpose();
+                Ok(MetricRow {
+                    profile_id: parse_uuid(&id, "profiles.profile_id")?,
+                    order_count: count.unwrap_or_default().max(0) as u64,
+                    lifetime_value: match value {
+                        Some(v) => Decimal::from_str(&v).map_err(|error| {
+                            StoreError::Corrupt(format!("{context}: lifetime value {v:?}: {error}"))
+                        })?,
+                        None => Decimal::ZERO,
+                    },
+                    first_order_at: time(first)?,
+                    last_order_at: time(last)?,
+                    segment: match segment {
+                        Some(text) => serde_json::from_str(&text).map_err(|error| {
+                            StoreError::Corrupt(format!("{context}: segment: {error}"))
+                        })?,
+                        None => Segment::default(),
+                    },
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -1717,7 +1852,16 @@ mod tests {
                 average_order_value: None,
                 first_order_at: None,
                 last_order_at: None,
+                days_since_last_order: None,
             },
+            alternates: Vec::new(),
+            conflicts: Vec::new(),
+            segment: Default::default(),
+            open_orders: Vec::new(),
+            earliest_projected_date: None,
+            top_categories: Vec::new(),
+            data_quality: Default::default(),
+            as_of: None,
             sources: Vec::new(),
         }
     }
@@ -1909,7 +2053,7 @@ mod tests {
             MIGRATOR.migrations.len() as i64,
             "each migration is recorded once"
         );
-        assert_eq!(MIGRATOR.migrations.len(), 4);
+        assert_eq!(MIGRATOR.migrations.len(), 5);
         assert_eq!(count(&second, "records").await, 1);
         let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(second.pool())
@@ -3335,6 +3479,22 @@ mod tests {
             tx.latest_profiles(&profiles(n)).await.unwrap();
             statement_count::marker(&mut tx).await;
             per_method.push(("latest_profiles", statement_count::since_previous_marker()));
+            tx.latest_profile_bodies(&profiles(n)).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push((
+                "latest_profile_bodies",
+                statement_count::since_previous_marker(),
+            ));
+            let skus: Vec<String> = (0..n).map(|i| format!("SKU-{i}")).collect();
+            tx.open_orders_with_skus(&skus).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push((
+                "open_orders_with_skus",
+                statement_count::since_previous_marker(),
+            ));
+            tx.sku_records(&skus).await.unwrap();
+            statement_count::marker(&mut tx).await;
+            per_method.push(("sku_records", statement_count::since_previous_marker()));
             tx.upsert_records(&[], 1).await.unwrap();
             tx.set_match_keys_many(&[]).await.unwrap();
             tx.keys_and_links(&[]).await.unwrap();
@@ -3342,6 +3502,9 @@ mod tests {
             tx.orders_of_customers(&[]).await.unwrap();
             tx.profiles_of_customer_ids(&[]).await.unwrap();
             tx.latest_profiles(&[]).await.unwrap();
+            tx.latest_profile_bodies(&[]).await.unwrap();
+            tx.open_orders_with_skus(&[]).await.unwrap();
+            tx.sku_records(&[]).await.unwrap();
             statement_count::marker(&mut tx).await;
             per_method.push(("empty inputs", statement_count::since_previous_marker()));
             counts.push(per_method);
@@ -3356,8 +3519,174 @@ mod tests {
             ("orders_of_customers", 2),
             ("profiles_of_customer_ids", 1),
             ("latest_profiles", 1),
+            ("latest_profile_bodies", 1),
+            // No open order has these SKUs, so no lines are attached (one more when some do).
+            ("open_orders_with_skus", 1),
+            ("sku_records", 1),
             ("empty inputs", 0),
         ];
         assert_eq!(counts, vec![expected.clone(), expected]);
+    }
+
+    #[tokio::test]
+    async fn open_orders_with_skus_finds_embedded_and_standalone_lines_of_open_orders_only() {
+        let (_dir, store) = temp_store().await;
+        let with_lines = |id: &str, status: crate::model::OrderStatus, skus: &[&str]| {
+            let mut o = order("erp", id, Some("c"));
+            o.status = status;
+            o.lines = skus
+                .iter()
+                .map(|sku| OrderLine {
+                    sku: Some(sku.to_string()),
+                    ..OrderLine::default()
+                })
+                .collect();
+            Record::Order(o)
+        };
+        use crate::model::OrderStatus::{Fulfilled, Open, PartiallyFulfilled};
+        let mut tx = store.begin().await.unwrap();
+        tx.upsert_records(
+            &[
+                with_lines("1", Open, &["A", "B"]),
+                with_lines("2", PartiallyFulfilled, &["B"]),
+                with_lines("3", Fulfilled, &["A"]),
+                with_lines("4", Open, &["C"]),
+                // Order 5 has no lines of its own; its standalone line is on A.
+                with_lines("5", Open, &[]),
+                Record::OrderLine(OrderLineItem {
+                    source: source("erp", "lines", "5-1"),
+                    order_id: "5".into(),
+                    line: OrderLine {
+                        sku: Some("A".into()),
+                        ..OrderLine::default()
+                    },
+                }),
+            ],
+            1,
+        )
+        .await
+        .unwrap();
+        let ids = |orders: Vec<Order>| -> Vec<String> {
+            orders.into_iter().map(|o| o.source.source_id).collect()
+        };
+        let found = tx.open_orders_with_skus(&["A".into()]).await.unwrap();
+        assert_eq!(found[1].lines.len(), 1, "standalone lines are attached");
+        assert_eq!(ids(found), ["1", "5"]);
+        assert_eq!(
+            ids(tx
+                .open_orders_with_skus(&["B".into(), "C".into()])
+                .await
+                .unwrap()),
+            ["1", "2", "4"]
+        );
+        assert!(tx.open_orders_with_skus(&[]).await.unwrap().is_empty());
+        assert!(
+            tx.open_orders_with_skus(&["Z".into()])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn sku_records_returns_stock_supplier_items_and_products_of_the_skus() {
+        let (_dir, store) = temp_store().await;
+        let mut tx = store.begin().await.unwrap();
+        tx.upsert_records(
+            &[
+                Record::Inventory(crate::model::Inventory {
+                    source: source("wms", "stock", "A@MUC"),
+                    sku: "A".into(),
+                    ..Default::default()
+                }),
+                Record::Inventory(crate::model::Inventory {
+                    source: source("wms", "stock", "B@MUC"),
+                    sku: "B".into(),
+                    ..Default::default()
+                }),
+                Record::SupplierItem(crate::model::SupplierItem {
+                    source: source("buy", "items", "S1-A"),
+                    supplier_id: "S1".into(),
+                    sku: "A".into(),
+                    lead_time_days: Some(7),
+                    ..Default::default()
+                }),
+                Record::Product(crate::model::Product {
+                    source: source("erp", "products", "A"),
+                    sku: "A".into(),
+                    category: Some("Pumps".into()),
+                    ..Default::default()
+                }),
+                Record::Customer(customer("erp", "customers", "A", &[])),
+            ],
+            1,
+        )
+        .await
+        .unwrap();
+        let found: Vec<String> = tx
+            .sku_records(&["A".into(), "A".into()])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {}", r.kind(), r.source()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "supplier_item buy/items/S1-A",
+                "product erp/products/A",
+                "inventory wms/stock/A@MUC",
+            ]
+        );
+        assert!(tx.sku_records(&[]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn profile_metric_rows_and_bodies_cover_live_profiles_only() {
+        let (_dir, store) = temp_store().await;
+        let (live, retired, unlinked) =
+            (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let mut tx = store.begin().await.unwrap();
+        let mut p = profile(live, 1, "Live");
+        p.metrics.order_count = 3;
+        p.metrics.lifetime_value.amount = Decimal::new(12345, 2);
+        p.metrics.last_order_at = Some("2026-01-02T03:04:05Z".parse().unwrap());
+        p.segment.lifecycle = crate::model::profile::Lifecycle::Repeat;
+        for (profile, name) in [(&p, "live"), (&profile(retired, 1, "Old"), "old")] {
+            tx.write_profile(profile, name, "customer.profile.created", "{}")
+                .await
+                .unwrap();
+        }
+        tx.write_profile(
+            &profile(unlinked, 1, "Nobody"),
+            "n",
+            "customer.profile.created",
+            "{}",
+        )
+        .await
+        .unwrap();
+        tx.set_links(&[
+            (source("erp", "customers", "1"), live),
+            (source("erp", "customers", "2"), retired),
+        ])
+        .await
+        .unwrap();
+        tx.retire_profile(retired, live).await.unwrap();
+
+        let rows = tx.profile_metric_rows().await.unwrap();
+        assert_eq!(rows.len(), 1, "retired and unlinked profiles are left out");
+        assert_eq!(rows[0].profile_id, live);
+        assert_eq!(rows[0].order_count, 3);
+        assert_eq!(rows[0].lifetime_value, Decimal::new(12345, 2));
+        assert_eq!(rows[0].last_order_at, p.metrics.last_order_at);
+        assert_eq!(rows[0].first_order_at, None);
+        assert_eq!(rows[0].segment, p.segment);
+
+        let bodies = tx
+            .latest_profile_bodies(&[live, Uuid::from_u128(9)])
+            .await
+            .unwrap();
+        assert_eq!(bodies.len(), 1);
+        assert_eq!(bodies[&live], p);
     }
 }

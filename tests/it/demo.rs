@@ -63,16 +63,21 @@ async fn the_demo_merges_customers_across_three_systems_with_exact_counts() {
     assert_eq!(summary.profiles_created, 18);
     assert_eq!(summary.profiles_merged, 0);
     // 5 records joining existing profiles + 13 order-driven changes (11 profiles with
-    // counted orders, two of them with orders in both SAP and Odoo).
-    assert_eq!(summary.profiles_updated, 18);
-    assert_eq!(summary.events_delivered, 36);
+    // counted orders, two of them with orders in both SAP and Odoo) + 11 supply-driven
+    // changes (stock arrives after the orders: the 9 profiles with open orders change when
+    // it does, and Müller's and Weber's short lines get their projected dates with the
+    // supplier lead times) + 11 re-segmented at the end of the run (the 11 buyers get their
+    // RFM scores once the whole base is known).
+    assert_eq!(summary.profiles_resegmented, 11);
+    assert_eq!(summary.profiles_updated, 18 + 11);
+    assert_eq!(summary.events_delivered, 58);
     assert_eq!(summary.events_pending, 0);
 
     let feed = read_feed(&project.path().join(".conflux/feed.ndjson"));
-    assert_eq!(feed.len(), 36);
+    assert_eq!(feed.len(), 58);
     let count = |t: &str| feed.iter().filter(|e| e["type"] == t).count();
     assert_eq!(count("customer.profile.created"), 18);
-    assert_eq!(count("customer.profile.updated"), 18);
+    assert_eq!(count("customer.profile.updated"), 18 + 11 + 11);
     assert_eq!(count("customer.profile.merged"), 0);
     for event in &feed {
         let id = format!(
@@ -145,7 +150,36 @@ async fn the_demo_merges_customers_across_three_systems_with_exact_counts() {
         "buchhaltung@mueller-maschinenbau.example.de"
     );
 
+    // Segments, as of the pinned 2026-11-23: 5 orders since 2024-03-12 (loyal needs 4 over
+    // a year), 13390 EUR is diamond (>= 10000); the largest value and order count of the
+    // 11 buyers score 5.
+    assert_eq!(
+        mueller["data"]["segment"],
+        serde_json::json!({
+            "rfm": {"recency": 2, "frequency": 5, "monetary": 5},
+            "value_tier": "diamond",
+            "lifecycle": "loyal"
+        })
+    );
+    assert_eq!(mueller["data"]["data_quality"]["completeness"], 100);
+    let open: Vec<(&str, &str)> = mueller["data"]["open_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["order_number"].as_str().unwrap(),
+                o["supply_status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(open, [("0000045107", "backorder"), ("S00042", "available")]);
+    assert_eq!(mueller["data"]["earliest_projected_date"], "2026-12-14");
+
     let boehm = by_name("Böhm Elektrotechnik KG");
+    // Last order more than 365 days before 2026-11-23.
+    assert_eq!(boehm["data"]["segment"]["lifecycle"], "lapsed");
+    assert_eq!(boehm["data"]["segment"]["value_tier"], "gold");
     assert_eq!(
         boehm["data"]["sources"].as_array().unwrap().len(),
         2,
@@ -169,6 +203,14 @@ async fn the_demo_merges_customers_across_three_systems_with_exact_counts() {
         "linked by phone"
     );
     assert_eq!(weber["data"]["metrics"]["lifetime_value"]["amount"], "9930");
+    // SKU-100: 2 available (MUC-01 2 - 1, NUE-01 1 - 0) for 3 ordered; SUP-020's 14 days
+    // beat SUP-010's 28.
+    let line = &weber["data"]["open_orders"][0]["lines"][0];
+    assert_eq!(line["sku"], "SKU-100");
+    assert_eq!(line["status"], "backorder");
+    assert_eq!(line["allocated"], "2");
+    assert_eq!(line["projected_date"], "2026-12-07");
+    assert_eq!(weber["data"]["segment"]["lifecycle"], "repeat");
 
     let sommer = profiles
         .values()

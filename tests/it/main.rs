@@ -12,6 +12,7 @@ mod hostile; // malformed, invalid UTF-8, huge, deep, entity bombs, `..`, SQL cu
 mod http; // kind = "http" connectors end to end: paging, incremental cursor, failures
 mod identity; // stable ids across runs, merges into the older id, splits
 mod presets; // SAP, Business Central and Odoo presets end to end against fake servers
+mod profile; // enriched profiles: late orders, supply risk re-versioning, schema validation, feed tail
 mod review; // probabilistic identities through `run`: households, typos, review decisions, unlink, incremental = full
 mod samples; // real public ERP payloads through the shipped mappings
 mod schema; // the committed JSON Schema of the feed matches the types
