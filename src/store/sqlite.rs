@@ -16,9 +16,7 @@
 //! lookup. Records are stored as their serde JSON and uuids and times as TEXT (RFC 3339, UTC).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::Hash;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +26,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
+use super::rows::{
+    decode_customer, decode_line_item, decode_order, distinct, parent_ids, parse_time, parse_uuid,
+    plan_upserts, position, source_ref,
+};
 use super::{
     BlockLookup, IdentityDecision, JobRun, PossibleMatch, PossibleMatchRow, ProfileWrite,
     QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert,
@@ -97,62 +99,6 @@ impl std::fmt::Debug for SqliteTx {
 
 fn now() -> String {
     Timestamp::now().to_string()
-}
-
-fn parse_time(text: &str, context: &str) -> Result<Timestamp, StoreError> {
-    Timestamp::from_str(text).map_err(|error| {
-        StoreError::Corrupt(format!("{context}: {text:?} is not a timestamp: {error}"))
-    })
-}
-
-fn parse_uuid(text: &str, context: &str) -> Result<Uuid, StoreError> {
-    Uuid::from_str(text)
-        .map_err(|error| StoreError::Corrupt(format!("{context}: {text:?} is not a uuid: {error}")))
-}
-
-fn decode_record(body: &str, context: &str) -> Result<Record, StoreError> {
-    serde_json::from_str(body)
-        .map_err(|error| StoreError::Corrupt(format!("{context}: undecodable record: {error}")))
-}
-
-fn decode_customer(body: &str, context: &str) -> Result<Customer, StoreError> {
-    match decode_record(body, context)? {
-        Record::Customer(customer) => Ok(customer),
-        other => Err(StoreError::Corrupt(format!(
-            "{context}: stored as a customer but holds a {} record",
-            other.kind()
-        ))),
-    }
-}
-
-fn decode_order(body: &str, context: &str) -> Result<Order, StoreError> {
-    match decode_record(body, context)? {
-        Record::Order(order) => Ok(order),
-        other => Err(StoreError::Corrupt(format!(
-            "{context}: stored as an order but holds a {} record",
-            other.kind()
-        ))),
-    }
-}
-
-/// The columns that join a record to its parent: an order's customer id, a standalone order
-/// line's order id.
-fn parent_ids(record: &Record) -> (Option<&str>, Option<&str>) {
-    match record {
-        Record::Order(order) => (order.customer_id.as_deref(), None),
-        Record::OrderLine(item) => (None, Some(item.order_id.as_str())),
-        _ => (None, None),
-    }
-}
-
-fn decode_line_item(body: &str, context: &str) -> Result<OrderLineItem, StoreError> {
-    match decode_record(body, context)? {
-        Record::OrderLine(item) => Ok(item),
-        other => Err(StoreError::Corrupt(format!(
-            "{context}: stored as an order line but holds a {} record",
-            other.kind()
-        ))),
-    }
 }
 
 /// Attaches the standalone order lines stored for each order (see [`Order::attach_lines`]),
@@ -236,39 +182,10 @@ fn json_list<T: serde::Serialize>(values: &[T], what: &str) -> Result<String, St
         .map_err(|error| StoreError::Corrupt(format!("cannot encode {what}: {error}")))
 }
 
-fn source_ref((system, stream, source_id): (String, String, String)) -> SourceRef {
-    SourceRef {
-        system,
-        stream,
-        source_id,
-    }
-}
-
 /// A source ref as the JSON triple `[system, stream, source_id]` that the batch statements
 /// take apart with `->> 0`, `->> 1` and `->> 2`.
 fn ref_triple(record: &SourceRef) -> (&str, &str, &str) {
     (&record.system, &record.stream, &record.source_id)
-}
-
-/// The distinct items in the order they first appear.
-fn distinct<'a, T: Eq + Hash + ?Sized>(items: impl IntoIterator<Item = &'a T>) -> Vec<&'a T> {
-    let mut seen = HashSet::new();
-    items
-        .into_iter()
-        .filter(|item| seen.insert(*item))
-        .collect()
-}
-
-/// The index into the bound list that a batch row belongs to (`json_each`'s `key`).
-fn position(key: i64, len: usize) -> Result<usize, StoreError> {
-    usize::try_from(key)
-        .ok()
-        .filter(|&index| index < len)
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "json_each returned position {key} for a list of {len}"
-            ))
-        })
 }
 
 /// Follows `retired_into` from `profile_id` to the profile that is still live, and returns
@@ -1355,54 +1272,27 @@ impl StoreTx for SqliteTx {
             })
             .collect();
 
-        // Replays the one-row semantics in memory: each occurrence is compared with the
-        // hash its ref holds at that point, which a previous occurrence may have changed.
         let hashes: Vec<String> = records.iter().map(Record::content_hash).collect();
-        let mut current: HashMap<&SourceRef, &str> =
-            stored.iter().map(|(r, hash)| (r, hash.as_str())).collect();
-        let mut last_change: HashMap<&SourceRef, usize> = HashMap::new();
-        let mut outcomes = Vec::with_capacity(records.len());
-        for (index, (record, hash)) in records.iter().zip(&hashes).enumerate() {
-            let source = record.source();
-            let outcome = match current.get(source) {
-                None => Upsert::Inserted,
-                Some(&previous) if previous == hash => Upsert::Unchanged,
-                Some(_) => Upsert::Updated,
-            };
-            if outcome != Upsert::Unchanged {
-                current.insert(source, hash);
-                last_change.insert(source, index);
-            }
-            outcomes.push(outcome);
+        let plan = plan_upserts(records, &hashes, &stored)?;
+        if plan.writes.is_empty() {
+            return Ok(plan.outcomes);
         }
-        if last_change.is_empty() {
-            return Ok(outcomes);
-        }
-
-        // Each changed ref is written once, as its last changing occurrence, in the order
-        // refs first appear. A ref inserted and then updated within the batch ends exactly
-        // as the one-row path leaves it: first_run and last_changed_run both this run.
-        let mut rows = Vec::with_capacity(last_change.len());
-        for source in &refs {
-            let Some(&index) = last_change.get(source) else {
-                continue;
-            };
-            let record = &records[index];
-            let body = serde_json::to_string(record).map_err(|error| {
-                StoreError::Corrupt(format!("cannot encode record {source}: {error}"))
-            })?;
-            let (customer_id, order_id) = parent_ids(record);
-            rows.push((
-                source.system.as_str(),
-                source.stream.as_str(),
-                source.source_id.as_str(),
-                record.kind().as_str(),
-                hashes[index].as_str(),
-                body,
-                customer_id,
-                order_id,
-            ));
-        }
+        let rows: Vec<_> = plan
+            .writes
+            .iter()
+            .map(|w| {
+                (
+                    w.source.system.as_str(),
+                    w.source.stream.as_str(),
+                    w.source.source_id.as_str(),
+                    w.entity,
+                    w.content_hash,
+                    w.body.as_str(),
+                    w.customer_id,
+                    w.order_id,
+                )
+            })
+            .collect();
         // `WHERE true` resolves the parsing ambiguity between a join's ON and ON CONFLICT.
         sqlx::query(
             "INSERT INTO records (system, stream, source_id, entity, content_hash, body, \
@@ -1420,7 +1310,7 @@ impl StoreTx for SqliteTx {
         .bind(now())
         .execute(&mut *self.tx)
         .await?;
-        Ok(outcomes)
+        Ok(plan.outcomes)
     }
 
     async fn set_match_keys_many(

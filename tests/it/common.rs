@@ -90,7 +90,8 @@ pub fn read_feed(path: &Path) -> Vec<serde_json::Value> {
 /// The PostgreSQL URL for tests, or `None` (with a message) when the server is unreachable
 /// and services are not required (see [`amqp_url`]).
 pub fn postgres_url() -> Option<String> {
-    let url = std::env::var("CONFLUX_TEST_POSTGRES_URL")
+    let url = std::env::var("CONFLUX_TEST_PG_URL")
+        .or_else(|_| std::env::var("CONFLUX_TEST_POSTGRES_URL"))
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let reachable = std::net::TcpStream::connect_timeout(
         &"127.0.0.1:5432".parse().unwrap(),

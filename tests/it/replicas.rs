@@ -1,0 +1,318 @@
+//! conflux on PostgreSQL end to end: the demo gives the SQLite counts, and two daemon
+//! processes (the real binary) sharing one schema run a frequent job without ever
+//! overlapping or skipping a fire time, delivering each event exactly once.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use conflux::pipeline;
+use conflux::schedule::JobSchedule;
+use jiff::Timestamp;
+
+use crate::common::{load, postgres_url, project_copy, read_feed};
+use crate::store_contract::{drop_schema, fresh_schema};
+
+/// Drops the test's schema when the test ends, passed or failed.
+struct SchemaGuard {
+    url: String,
+    schema: String,
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        drop_schema(&self.url, &self.schema);
+    }
+}
+
+/// Points the demo config at a PostgreSQL schema and the given feed file; returns its path
+/// relative to the project.
+fn demo_config_on(
+    project: &Path,
+    name: &str,
+    url: &str,
+    schema: &str,
+    feed: &str,
+    extra: &str,
+) -> String {
+    let text = std::fs::read_to_string(project.join("config/demo.toml")).unwrap();
+    let sqlite = "url = \"sqlite://.conflux/demo.db\"";
+    assert!(text.contains(sqlite));
+    let text = text
+        .replace(sqlite, &format!("url = \"{url}\"\nschema = \"{schema}\""))
+        .replace(
+            "path = \".conflux/feed.ndjson\"",
+            &format!("path = \"{feed}\""),
+        )
+        + extra;
+    let file = format!("config/{name}.toml");
+    std::fs::write(project.join(&file), text).unwrap();
+    file
+}
+
+/// `(type, golden full name)` of every event, counted: what a run published, independent
+/// of the random profile ids.
+fn published(feed: &[serde_json::Value]) -> BTreeMap<(String, String), usize> {
+    let mut out = BTreeMap::new();
+    for event in feed {
+        let key = (
+            event["type"].as_str().unwrap().to_string(),
+            event["data"]["golden"]["full_name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_on_postgres_publishes_what_it_publishes_on_sqlite() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema("demo");
+    let _guard = SchemaGuard {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let on_sqlite = project_copy();
+    let sqlite = pipeline::run(&load(on_sqlite.path(), "config/demo.toml"), None)
+        .await
+        .unwrap();
+
+    let project = project_copy();
+    let file = demo_config_on(
+        project.path(),
+        "pg",
+        &url,
+        &schema,
+        ".conflux/pg.ndjson",
+        "",
+    );
+    let config = load(project.path(), &file);
+    let summary = pipeline::run(&config, None).await.unwrap();
+    assert_eq!(summary.records_read, 66);
+    assert_eq!(summary.records_mapped, 65);
+    assert_eq!(summary.records_inserted, 65);
+    assert_eq!(summary.records_quarantined, 1);
+    assert_eq!(summary.profiles_created, 18);
+    assert_eq!(summary.profiles_updated, 18);
+    assert_eq!(summary.profiles_merged, 0);
+    assert_eq!(summary.events_delivered, 36);
+    assert_eq!(summary.events_pending, 0);
+    // Every count equals the SQLite run's (the feed's description names its own file).
+    let without_feed = |summary: &pipeline::RunSummary| {
+        let mut value = serde_json::to_value(summary).unwrap();
+        value.as_object_mut().unwrap().remove("feed");
+        value
+    };
+    assert_eq!(without_feed(&summary), without_feed(&sqlite));
+    let feed = read_feed(&project.path().join(".conflux/pg.ndjson"));
+    let sqlite_feed = read_feed(&on_sqlite.path().join(".conflux/feed.ndjson"));
+    assert_eq!(feed.len(), 36);
+    assert_eq!(published(&feed), published(&sqlite_feed));
+
+    // A second run over unchanged input writes nothing, as on SQLite.
+    let second = pipeline::run(&config, None).await.unwrap();
+    assert_eq!(second.records_read, 0);
+    assert_eq!(second.events_delivered, 0);
+    assert_eq!(
+        read_feed(&project.path().join(".conflux/pg.ndjson")).len(),
+        36
+    );
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn start_daemon(project: &Path, config: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_conflux"))
+        .args(["daemon", "--config", config, "--grace", "20s"])
+        .current_dir(project)
+        .env_remove("CONFLUX_CONFIG")
+        .env("CONFLUX_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, then the exit status and stderr.
+fn stop_daemon(child: Child) -> (Option<i32>, String) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `count` new shop customers in a new export file.
+fn drop_shop_file(project: &Path, name: &str, first: usize, count: usize) {
+    let mut csv = String::from(
+        "Kundennr;Kundengruppe;Vorname;Nachname;Firma;E-Mail;Telefon;Strasse;PLZ;Ort;Land;Anmeldedatum\n",
+    );
+    for i in first..first + count {
+        csv.push_str(&format!(
+            "R-{i};Privatkunde;Vor{i};Nach{i};;replica{i}@example.com;;Gasse {i};10115;Berlin;Deutschland;02.05.2022\n"
+        ));
+    }
+    // Written aside and renamed, so a run never sees half a file.
+    let partial = project.join(format!("demo/shop/.{name}.partial"));
+    std::fs::write(&partial, csv).unwrap();
+    std::fs::rename(&partial, project.join("demo/shop").join(name)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_one_schema_run_every_fire_time_once_and_deliver_each_event_once() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema("replicas");
+    let _guard = SchemaGuard {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let project = project_copy();
+    let every = "*/3 * * * * *";
+    let demo = std::fs::read_to_string(project.path().join("config/demo.toml")).unwrap();
+    std::fs::write(
+        project.path().join("config/demo.toml"),
+        demo.replace(
+            "schedule = \"*/15 * * * *\"",
+            &format!("schedule = \"{every}\""),
+        ),
+    )
+    .unwrap();
+    let configs: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let ops = format!("\n[ops]\nlisten = \"{}\"\n", free_port());
+            demo_config_on(
+                project.path(),
+                name,
+                &url,
+                &schema,
+                &format!(".conflux/feed-{name}.ndjson"),
+                &ops,
+            )
+        })
+        .collect();
+
+    let started = Timestamp::now();
+    let daemons: Vec<Child> = configs
+        .iter()
+        .map(|config| start_daemon(project.path(), config))
+        .collect();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let runs_sql = format!(
+        "SELECT id, status, \
+                (extract(epoch from started_at) * 1000000)::bigint, \
+                (extract(epoch from finished_at) * 1000000)::bigint \
+         FROM \"{schema}\".job_runs ORDER BY id"
+    );
+    type RunRow = (i64, String, i64, Option<i64>);
+    let runs = async |pool: &sqlx::PgPool| -> Vec<RunRow> {
+        sqlx::query_as(sqlx::AssertSqlSafe(runs_sql.as_str()))
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default()
+    };
+    // Wait for the first (catch-up) run to finish, then feed new files while they run.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !runs(&pool).await.iter().any(|r| r.3.is_some()) {
+        assert!(
+            Instant::now() < deadline,
+            "no run finished within 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop_shop_file(project.path(), "customers_replicas_1.csv", 0, 40);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    drop_shop_file(project.path(), "customers_replicas_2.csv", 40, 25);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    let stopped_at = Timestamp::now();
+    let outcomes: Vec<(Option<i32>, String)> = daemons.into_iter().map(stop_daemon).collect();
+    for (code, stderr) in &outcomes {
+        assert_eq!(*code, Some(0), "{stderr}");
+        assert!(!stderr.contains("ERROR"), "{stderr}");
+    }
+
+    let runs = runs(&pool).await;
+    assert!(runs.len() >= 5, "{runs:?}");
+    let at = |micros: i64| Timestamp::from_microsecond(micros).unwrap();
+    for run in &runs {
+        assert_eq!(run.1, "ok", "{runs:?}");
+    }
+    // Never two runs of the job at a time, across both daemons.
+    for pair in runs.windows(2) {
+        let finished = pair[0].3.expect("every run finished");
+        assert!(
+            finished <= pair[1].2,
+            "runs {} and {} overlap",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+    // No fire time skipped: after the first run, every fire time up to the shutdown has a
+    // run that started at it (within scheduling slack).
+    let schedule = JobSchedule::parse("demo", every, Some("Europe/Berlin")).unwrap();
+    let slack = jiff::SignedDuration::from_millis(1500);
+    let mut fire = schedule.next_after(at(runs[0].3.unwrap())).unwrap();
+    let last = stopped_at
+        .checked_sub(jiff::SignedDuration::from_secs(2))
+        .unwrap();
+    let mut checked = 0;
+    while fire < last {
+        let hit = runs
+            .iter()
+            .filter(|r| at(r.2) >= fire && at(r.2) < fire.checked_add(slack).unwrap())
+            .count();
+        assert_eq!(hit, 1, "fire time {fire} has {hit} runs: {runs:?}");
+        checked += 1;
+        fire = schedule.next_after(fire).unwrap();
+    }
+    assert!(checked >= 4, "only {checked} fire times checked");
+    assert!(at(runs[0].2) >= started);
+
+    // Every event reached exactly one of the two feeds, exactly once.
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    for name in ["a", "b"] {
+        let feed = read_feed(&project.path().join(format!(".conflux/feed-{name}.ndjson")));
+        for event in feed {
+            *ids.entry(event["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    let (outbox, undelivered): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE delivered_at IS NULL) FROM \"{schema}\".outbox"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(undelivered, 0);
+    // Both new files were read (65 demo records, then 40 and 25 customers) and published.
+    let records: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM \"{schema}\".records"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(records, 65 + 40 + 25);
+    assert!(
+        outbox > 36,
+        "the new customers were published: {outbox} events"
+    );
+    assert_eq!(ids.len() as i64, outbox);
+    let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+}
