@@ -79,11 +79,18 @@ impl PostgresStore {
             let mut conn = PgConnection::connect_with(&options).await?;
             // A schema name cannot be a bound parameter: quote it as an identifier.
             let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+            // Replicas starting together would race `IF NOT EXISTS` into a unique violation.
+            let mut tx = conn.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('conflux.schema:' || $1))")
+                .bind(schema)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS {quoted}"
             )))
-            .execute(&mut conn)
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
             conn.close().await?;
             options = options.options([("search_path", quoted.as_str())]);
         }
