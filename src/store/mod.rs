@@ -227,6 +227,12 @@ pub trait Store: Send + Sync {
         let _ = (job, holder, ttl);
         Ok(true)
     }
+    /// Gives up this handle's claims on undelivered outbox rows (its relay stopped), so the
+    /// next relay on any replica takes them at once instead of after the claim expires. The
+    /// default has nothing to release: an embedded store does not claim.
+    async fn release_claims(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Gives up `holder`'s lease of `job` (the run is over).
     async fn release_job_lease(&self, job: &str, holder: &str) -> Result<(), StoreError> {
         let _ = (job, holder);

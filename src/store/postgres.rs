@@ -94,6 +94,11 @@ impl PostgresStore {
             conn.close().await?;
             options = options.options([("search_path", quoted.as_str())]);
         }
+        // Operators (and tests) tell conflux's sessions apart in pg_stat_activity.
+        options = options.application_name(&match schema {
+            Some(schema) => format!("conflux:{schema}"),
+            None => "conflux".to_string(),
+        });
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(Duration::from_secs(30))
@@ -645,6 +650,17 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(renewed.rows_affected() == 1)
+    }
+
+    async fn release_claims(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL \
+             WHERE claimed_by = $1 AND delivered_at IS NULL",
+        )
+        .bind(&self.claimant)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn release_job_lease(&self, job: &str, holder: &str) -> Result<(), StoreError> {

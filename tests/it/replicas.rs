@@ -1,4 +1,5 @@
-//! conflux on PostgreSQL end to end: the demo gives the SQLite counts, and two daemon
+//! conflux on PostgreSQL end to end: the demo gives the SQLite counts, killed connections
+//! fail a run cleanly and the next one catches up, and two daemon
 //! processes (the real binary) sharing one schema run a frequent job without ever
 //! overlapping or skipping a fire time, delivering each event exactly once.
 
@@ -315,4 +316,141 @@ async fn two_daemons_on_one_schema_run_every_fire_time_once_and_deliver_each_eve
     assert_eq!(ids.len() as i64, outbox);
     let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+}
+
+/// What a schema holds in the end, free of the random profile ids: every record with its
+/// content hash, and the content of every live profile's latest version.
+async fn final_state(pool: &sqlx::PgPool, schema: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let records: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT system || '/' || stream || '/' || source_id, content_hash \
+         FROM \"{schema}\".records ORDER BY 1"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let bodies: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT v.body FROM \"{schema}\".profiles p \
+         JOIN \"{schema}\".profile_versions v \
+           ON v.profile_id = p.profile_id AND v.version = p.latest_version \
+         WHERE p.retired_into IS NULL"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut profiles: Vec<String> = bodies
+        .iter()
+        .map(|body| {
+            let mut profile: serde_json::Value = serde_json::from_str(body).unwrap();
+            let object = profile.as_object_mut().unwrap();
+            for volatile in ["profile_id", "version", "merged_ids"] {
+                object.remove(volatile);
+            }
+            profile.to_string()
+        })
+        .collect();
+    profiles.sort();
+    (records, profiles)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_killed_mid_run_fail_it_cleanly_and_the_next_run_ends_in_the_same_state()
+ {
+    let Some(url) = postgres_url() else { return };
+    let (reference, faulty) = (fresh_schema("ref"), fresh_schema("killed"));
+    let _guards = [&reference, &faulty].map(|schema| SchemaGuard {
+        url: url.clone(),
+        schema: schema.clone(),
+    });
+    let project = project_copy();
+    drop_shop_file(project.path(), "customers_bulk.csv", 0, 4000);
+    let reference_config = load(
+        project.path(),
+        &demo_config_on(
+            project.path(),
+            "ref",
+            &url,
+            &reference,
+            ".conflux/ref.ndjson",
+            "",
+        ),
+    );
+    let faulty_config = load(
+        project.path(),
+        &demo_config_on(
+            project.path(),
+            "killed",
+            &url,
+            &faulty,
+            ".conflux/killed.ndjson",
+            "",
+        ),
+    );
+    let uninterrupted = pipeline::run(&reference_config, None).await.unwrap();
+
+    let run = tokio::spawn(async move { pipeline::run(&faulty_config, None).await });
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    // Once the run has committed its first batch, every session of the store is killed.
+    let count_sql = format!("SELECT COUNT(*) FROM \"{faulty}\".records");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql.as_str()))
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
+        if count > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no batch committed within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(format!("conflux:{faulty}"))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "the run had sessions to kill");
+    // A batch whose session died fails the run with a store error; sessions killed while
+    // idle in the pool are replaced before use, and then the run completes.
+    let failed = match run.await.unwrap() {
+        Err(error) => {
+            assert!(error.to_string().starts_with("store: "), "{error}");
+            true
+        }
+        Ok(summary) => {
+            assert_eq!(summary.events_pending, 0);
+            false
+        }
+    };
+
+    // The next run reconnects and catches up; the store ends as after one clean run.
+    let config = load(project.path(), "config/killed.toml");
+    let next = pipeline::run(&config, None).await.unwrap();
+    assert_eq!(next.events_pending, 0);
+    if !failed {
+        assert_eq!(next.records_read, 0, "the first run completed: {next:?}");
+    }
+    assert_eq!(
+        final_state(&pool, &faulty).await,
+        final_state(&pool, &reference).await
+    );
+    let (records, profiles) = final_state(&pool, &faulty).await;
+    assert_eq!(records.len() as u64, uninterrupted.records_inserted);
+    assert!(profiles.len() > 18);
+    // Every event the store holds was delivered, once.
+    let feed = read_feed(&project.path().join(".conflux/killed.ndjson"));
+    let ids: std::collections::BTreeSet<&str> =
+        feed.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), feed.len(), "no event delivered twice");
+    let outbox: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM \"{faulty}\".outbox WHERE delivered_at IS NOT NULL"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(outbox as usize, feed.len());
 }

@@ -1129,6 +1129,26 @@ async fn postgres_claims_of_a_dead_relay_are_taken_over_after_they_expire() {
     assert!(first.pending_events(10).await.unwrap().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_relay_that_stops_releases_its_claims_at_once() {
+    let Some((backend, other)) = two_postgres_handles().await else {
+        return;
+    };
+    let (first, second) = (backend.store(), other.as_ref());
+    fill_outbox(first, 3).await;
+    let claimed = first.pending_events(2).await.unwrap();
+    first.mark_delivered(&[claimed[0].seq]).await.unwrap();
+    assert_eq!(second.pending_events(10).await.unwrap().len(), 1);
+    second.release_claims().await.unwrap();
+    // The first relay gives up (its sink failed past the budget): its undelivered claim is
+    // free again, and the delivered row stays delivered.
+    first.release_claims().await.unwrap();
+    assert_eq!(second.pending_count().await.unwrap(), 2);
+    let rest = second.pending_events(10).await.unwrap();
+    let seqs: Vec<i64> = rest.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [claimed[1].seq, claimed[1].seq + 1]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_concurrent_relays_never_receive_the_same_row() {
     let Some(backend) = Backend::postgres().await else {
