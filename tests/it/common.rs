@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use conflux::config::{self, Config};
+use conflux::config::{self, Config, StoreConfig};
 use tempfile::TempDir;
 
 pub fn repo_root() -> PathBuf {
@@ -48,8 +48,59 @@ pub fn project_with(files: &[(&str, &[u8])]) -> TempDir {
 
 pub fn load(project: &Path, config_file: &str) -> Config {
     match config::load(&project.join(config_file)) {
-        Ok(config) => config,
+        Ok(config) => on_test_store(config),
         Err(diagnostics) => panic!("config does not load:\n{diagnostics}"),
+    }
+}
+
+/// With `CONFLUX_TEST_STORE=postgres`, a config's SQLite store becomes a PostgreSQL schema
+/// named after the database file (so every load of one test's project meets the same
+/// schema): the pipeline tests then run on PostgreSQL. Their schemas are named `t_suite_*`
+/// and outlive the test (its tempdir has no hook for them); the first load of the next such
+/// run drops them all.
+fn on_test_store(mut config: Config) -> Config {
+    if std::env::var("CONFLUX_TEST_STORE").as_deref() != Ok("postgres") {
+        return config;
+    }
+    let StoreConfig::Sqlite { path } = &config.store else {
+        return config;
+    };
+    let url = postgres_url().expect("CONFLUX_TEST_STORE=postgres needs PostgreSQL");
+    static LEFTOVERS_DROPPED: std::sync::Once = std::sync::Once::new();
+    LEFTOVERS_DROPPED.call_once(|| drop_suite_schemas(&url));
+    let hash = blake3::hash(path.to_string_lossy().as_bytes()).to_hex();
+    let schema = format!("t_suite_{}", &hash[..20]);
+    config.store = StoreConfig::Postgres {
+        url,
+        schema: Some(schema),
+        pool_size: 4,
+    };
+    config
+}
+
+/// Drops the `t_suite_*` schemas earlier runs of [`load`] on PostgreSQL left behind.
+fn drop_suite_schemas(url: &str) {
+    let url = url.to_string();
+    let names = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 't\\_suite\\_%'",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                (url, names)
+            })
+    })
+    .join()
+    .unwrap();
+    for schema in &names.1 {
+        crate::store_contract::drop_schema(&names.0, schema);
     }
 }
 
