@@ -34,7 +34,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transactio
 use uuid::Uuid;
 
 use super::rows::{
-    decode_customer, decode_line_item, decode_order, distinct, plan_upserts, position, source_ref,
+    decode_customer, decode_line_item, decode_order, distinct, in_input_order, ingested_file,
+    last_match_keys, plan_upserts, position, source_ref, stored_size,
 };
 use super::{
     BlockLookup, IdentityDecision, JobRun, PossibleMatch, PossibleMatchRow, ProfileWrite,
@@ -351,14 +352,7 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(path, size, hash)| {
-                let size = u64::try_from(size).map_err(|_| {
-                    StoreError::Corrupt(format!(
-                        "ingested file {connector}/{stream}/{path} has negative size {size}"
-                    ))
-                })?;
-                Ok(IngestedFile { path, size, hash })
-            })
+            .map(|row| ingested_file(connector, stream, row))
             .collect()
     }
 
@@ -717,12 +711,7 @@ impl StoreTx for PostgresTx {
         stream: &str,
         file: &IngestedFile,
     ) -> Result<(), StoreError> {
-        let size = i64::try_from(file.size).map_err(|_| {
-            StoreError::Corrupt(format!(
-                "ingested file {connector}/{stream}/{}: size {} exceeds the store's range",
-                file.path, file.size
-            ))
-        })?;
+        let size = stored_size(connector, stream, file)?;
         sqlx::query(
             "INSERT INTO ingested_files (connector, stream, path, size, hash, ingested_at) \
              VALUES ($1, $2, $3, $4, $5, now()) \
@@ -1248,32 +1237,21 @@ impl StoreTx for PostgresTx {
         .execute(&mut *self.tx)
         .await?;
 
-        // A ref listed twice keeps its last list, as repeated one-row calls would leave it.
-        let last: HashMap<&SourceRef, &[String]> = keys
-            .iter()
-            .map(|(record, keys)| (record, keys.as_slice()))
-            .collect();
-        let mut columns: [Vec<&str>; 4] = Default::default();
-        for record in &refs {
-            for key in last.get(record).copied().unwrap_or_default() {
-                columns[0].push(key);
-                columns[1].push(&record.system);
-                columns[2].push(&record.stream);
-                columns[3].push(&record.source_id);
-            }
-        }
-        if columns[0].is_empty() {
+        let rows = last_match_keys(&refs, keys);
+        if rows.is_empty() {
             return Ok(());
         }
+        let match_keys: Vec<&str> = rows.iter().map(|(key, _)| *key).collect();
+        let [systems, streams, ids] = ref_columns(rows.iter().map(|(_, record)| *record));
         sqlx::query(
             "INSERT INTO match_keys (key, system, stream, source_id) \
              SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
              ON CONFLICT DO NOTHING",
         )
-        .bind(&columns[0])
-        .bind(&columns[1])
-        .bind(&columns[2])
-        .bind(&columns[3])
+        .bind(&match_keys)
+        .bind(&systems)
+        .bind(&streams)
+        .bind(&ids)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -1321,22 +1299,7 @@ impl StoreTx for PostgresTx {
         for (ord, profile_id) in link_rows {
             found[ordinal(ord, refs.len())?].1 = Some(profile_id);
         }
-        let index_of: HashMap<&SourceRef, usize> = refs
-            .iter()
-            .enumerate()
-            .map(|(index, record)| (*record, index))
-            .collect();
-        records
-            .iter()
-            .map(|record| {
-                index_of
-                    .get(record)
-                    .map(|&index| found[index].clone())
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("{record} missing from its own batch"))
-                    })
-            })
-            .collect()
+        in_input_order(records, &refs, &found)
     }
 
     async fn customers_of_many(

@@ -1,5 +1,6 @@
 //! Pure logic both store backends share: decoding stored rows into model types (with the
-//! row named in every error) and planning a batch of record upserts.
+//! row named in every error), planning a batch of record upserts, and the bookkeeping of
+//! the set-based methods (last list wins, results back in input order).
 //!
 //! Nothing here touches a database. [`plan_upserts`] replays the one-row upsert semantics
 //! of a whole batch in memory against the content hashes a backend read in one statement,
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use super::{StoreError, Upsert};
 use crate::model::{Customer, Order, OrderLineItem, Record, SourceRef};
+use crate::source::IngestedFile;
 
 pub(crate) fn parse_time(text: &str, context: &str) -> Result<Timestamp, StoreError> {
     Timestamp::from_str(text).map_err(|error| {
@@ -167,4 +169,73 @@ pub(crate) fn plan_upserts<'a>(
         });
     }
     Ok(UpsertPlan { outcomes, writes })
+}
+
+/// A stored `ingested_files` row as the source sees it.
+pub(crate) fn ingested_file(
+    connector: &str,
+    stream: &str,
+    (path, size, hash): (String, i64, String),
+) -> Result<IngestedFile, StoreError> {
+    let size = u64::try_from(size).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "ingested file {connector}/{stream}/{path} has negative size {size}"
+        ))
+    })?;
+    Ok(IngestedFile { path, size, hash })
+}
+
+/// A file's size as the store keeps it (a signed 64-bit integer).
+pub(crate) fn stored_size(
+    connector: &str,
+    stream: &str,
+    file: &IngestedFile,
+) -> Result<i64, StoreError> {
+    i64::try_from(file.size).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "ingested file {connector}/{stream}/{}: size {} exceeds the store's range",
+            file.path, file.size
+        ))
+    })
+}
+
+/// The `(key, record)` rows that replace the match keys of `refs` (distinct, in order): a ref
+/// listed twice in `keys` keeps its last list, as repeated one-row calls would leave it.
+pub(crate) fn last_match_keys<'a>(
+    refs: &[&'a SourceRef],
+    keys: &'a [(SourceRef, Vec<String>)],
+) -> Vec<(&'a str, &'a SourceRef)> {
+    let last: HashMap<&SourceRef, &[String]> = keys
+        .iter()
+        .map(|(record, keys)| (record, keys.as_slice()))
+        .collect();
+    refs.iter()
+        .flat_map(|&record| {
+            let keys = last.get(record).copied().unwrap_or_default();
+            keys.iter().map(move |key| (key.as_str(), record))
+        })
+        .collect()
+}
+
+/// Spreads what was found per distinct ref (`found[i]` belongs to `refs[i]`) back over the
+/// input `records`, repeats included, in input order.
+pub(crate) fn in_input_order<T: Clone>(
+    records: &[SourceRef],
+    refs: &[&SourceRef],
+    found: &[T],
+) -> Result<Vec<T>, StoreError> {
+    let index_of: HashMap<&SourceRef, usize> = refs
+        .iter()
+        .enumerate()
+        .map(|(index, record)| (*record, index))
+        .collect();
+    records
+        .iter()
+        .map(|record| {
+            index_of
+                .get(record)
+                .and_then(|&index| found.get(index).cloned())
+                .ok_or_else(|| StoreError::Corrupt(format!("{record} missing from its own batch")))
+        })
+        .collect()
 }

@@ -27,8 +27,9 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::rows::{
-    decode_customer, decode_line_item, decode_order, distinct, parent_ids, parse_time, parse_uuid,
-    plan_upserts, position, source_ref,
+    decode_customer, decode_line_item, decode_order, distinct, in_input_order, ingested_file,
+    last_match_keys, parent_ids, parse_time, parse_uuid, plan_upserts, position, source_ref,
+    stored_size,
 };
 use super::{
     BlockLookup, IdentityDecision, JobRun, PossibleMatch, PossibleMatchRow, ProfileWrite,
@@ -261,14 +262,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(path, size, hash)| {
-                let size = u64::try_from(size).map_err(|_| {
-                    StoreError::Corrupt(format!(
-                        "ingested file {connector}/{stream}/{path} has negative size {size}"
-                    ))
-                })?;
-                Ok(IngestedFile { path, size, hash })
-            })
+            .map(|row| ingested_file(connector, stream, row))
             .collect()
     }
 
@@ -596,12 +590,7 @@ impl StoreTx for SqliteTx {
         stream: &str,
         file: &IngestedFile,
     ) -> Result<(), StoreError> {
-        let size = i64::try_from(file.size).map_err(|_| {
-            StoreError::Corrupt(format!(
-                "ingested file {connector}/{stream}/{}: size {} exceeds the store's range",
-                file.path, file.size
-            ))
-        })?;
+        let size = stored_size(connector, stream, file)?;
         sqlx::query(
             "INSERT INTO ingested_files (connector, stream, path, size, hash, ingested_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -1333,23 +1322,15 @@ impl StoreTx for SqliteTx {
         .execute(&mut *self.tx)
         .await?;
 
-        // A ref listed twice keeps its last list, as repeated one-row calls would leave it.
-        let last: HashMap<&SourceRef, &[String]> = keys
-            .iter()
-            .map(|(record, keys)| (record, keys.as_slice()))
-            .collect();
-        let rows: Vec<(&str, &str, &str, &str)> = refs
-            .iter()
-            .flat_map(|record| {
-                let keys = last.get(record).copied().unwrap_or_default();
-                keys.iter().map(move |key| {
-                    (
-                        key.as_str(),
-                        record.system.as_str(),
-                        record.stream.as_str(),
-                        record.source_id.as_str(),
-                    )
-                })
+        let rows: Vec<(&str, &str, &str, &str)> = last_match_keys(&refs, keys)
+            .into_iter()
+            .map(|(key, r)| {
+                (
+                    key,
+                    r.system.as_str(),
+                    r.stream.as_str(),
+                    r.source_id.as_str(),
+                )
             })
             .collect();
         if rows.is_empty() {
@@ -1406,22 +1387,7 @@ impl StoreTx for SqliteTx {
             let context = format!("link of {}", refs[index]);
             found[index].1 = Some(parse_uuid(&profile_id, &context)?);
         }
-        let index_of: HashMap<&SourceRef, usize> = refs
-            .iter()
-            .enumerate()
-            .map(|(index, record)| (*record, index))
-            .collect();
-        records
-            .iter()
-            .map(|record| {
-                index_of
-                    .get(record)
-                    .map(|&index| found[index].clone())
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("{record} missing from its own batch"))
-                    })
-            })
-            .collect()
+        in_input_order(records, &refs, &found)
     }
 
     async fn customers_of_many(
