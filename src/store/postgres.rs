@@ -1432,18 +1432,19 @@ impl StoreTx for PostgresTx {
     }
 
     async fn write_profiles(&mut self, writes: &[ProfileWrite]) -> Result<(), StoreError> {
-        // One statement may not update a profiles row twice: a profile written twice in one
-        // call is written in a second round, after the first.
-        let mut rest: Vec<&ProfileWrite> = writes.iter().collect();
-        while !rest.is_empty() {
-            let mut seen = std::collections::HashSet::new();
-            let (round, later): (Vec<&ProfileWrite>, Vec<&ProfileWrite>) = rest
-                .into_iter()
-                .partition(|w| seen.insert(w.profile.profile_id));
-            write_profile_round(&mut self.tx, &round).await?;
-            rest = later;
+        // One statement may not update a profiles row twice: a profile written again in one
+        // call starts the next round, so rounds (and outbox rows) keep the input order.
+        let mut round: Vec<&ProfileWrite> = Vec::new();
+        let mut in_round = std::collections::HashSet::new();
+        for write in writes {
+            if !in_round.insert(write.profile.profile_id) {
+                write_profile_round(&mut self.tx, &round).await?;
+                round.clear();
+                in_round = std::collections::HashSet::from([write.profile.profile_id]);
+            }
+            round.push(write);
         }
-        Ok(())
+        write_profile_round(&mut self.tx, &round).await
     }
 }
 

@@ -454,3 +454,112 @@ async fn postgres_connections_killed_mid_run_fail_it_cleanly_and_the_next_run_en
     .unwrap();
     assert_eq!(outbox as usize, feed.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_run_loses_its_lease_and_the_other_finishes_the_work() {
+    let Some(url) = postgres_url() else { return };
+    let (reference, shared) = (fresh_schema("ref"), fresh_schema("takeover"));
+    let _guards = [&reference, &shared].map(|schema| SchemaGuard {
+        url: url.clone(),
+        schema: schema.clone(),
+    });
+    let project = project_copy();
+    drop_shop_file(project.path(), "customers_bulk.csv", 0, 4000);
+    let every = "*/3 * * * * *";
+    let demo = std::fs::read_to_string(project.path().join("config/demo.toml")).unwrap();
+    std::fs::write(
+        project.path().join("config/demo.toml"),
+        demo.replace(
+            "schedule = \"*/15 * * * *\"",
+            &format!("schedule = \"{every}\""),
+        ),
+    )
+    .unwrap();
+    let reference_config = demo_config_on(
+        project.path(),
+        "ref",
+        &url,
+        &reference,
+        ".conflux/ref.ndjson",
+        "",
+    );
+    pipeline::run(&load(project.path(), &reference_config), None)
+        .await
+        .unwrap();
+    let configs: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let ops = format!("\n[ops]\nlisten = \"{}\"\n", free_port());
+            let feed = format!(".conflux/feed-{name}.ndjson");
+            demo_config_on(project.path(), name, &url, &shared, &feed, &ops)
+        })
+        .collect();
+
+    // The first replica starts its (catch-up) run and is killed once a batch is committed.
+    let mut first = start_daemon(project.path(), &configs[0]);
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let count_sql = format!("SELECT COUNT(*) FROM \"{shared}\".records");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql.as_str()))
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
+        if count > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no batch committed within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed_at = Timestamp::now();
+
+    // The second replica waits out the dead one's lease, then runs and finishes the work.
+    let second = start_daemon(project.path(), &configs[1]);
+    let runs_sql = format!(
+        "SELECT status, (extract(epoch from started_at) * 1000000)::bigint \
+         FROM \"{shared}\".job_runs ORDER BY id"
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let runs: Vec<(String, i64)> = loop {
+        let runs: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(runs_sql.as_str()))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        if runs.iter().any(|(status, _)| status == "ok") {
+            break runs;
+        }
+        assert!(Instant::now() < deadline, "no run completed: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (code, stderr) = stop_daemon(second);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // The killed run never finished; the takeover waited for the lease, not much longer.
+    assert_eq!(runs[0].0, "running", "{runs:?}");
+    let took_over = Timestamp::from_microsecond(runs[1].1).unwrap();
+    let waited = took_over.duration_since(killed_at).as_secs_f64();
+    assert!(
+        (0.0..=conflux::schedule::LEASE_TTL.as_secs_f64() + 6.0).contains(&waited),
+        "the second replica ran {waited} s after the kill"
+    );
+    assert!(
+        waited >= conflux::schedule::LEASE_TTL.as_secs_f64() / 3.0 * 2.0 - 1.0,
+        "the lease was taken before it could have expired: {waited} s"
+    );
+    assert_eq!(
+        final_state(&pool, &shared).await,
+        final_state(&pool, &reference).await
+    );
+    let undelivered: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM \"{shared}\".outbox WHERE delivered_at IS NULL"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(undelivered, 0);
+}

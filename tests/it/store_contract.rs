@@ -788,6 +788,37 @@ async fn profiles_are_versioned_retired_and_fed_to_the_outbox(backend: &Backend)
     assert_eq!(store.pending_count().await.unwrap(), 0);
     assert!(store.pending_events(10).await.unwrap().is_empty());
 
+    // Two versions of one profile in one call are written in order, events too.
+    let twice = Uuid::from_u128(4);
+    let mut tx = store.begin().await.unwrap();
+    tx.write_profiles(&[
+        write(profile(twice, 1, "Eva"), "customer.profile.created"),
+        write(profile(twice, 2, "Eva L."), "customer.profile.updated"),
+        write(
+            profile(Uuid::from_u128(5), 1, "Ute"),
+            "customer.profile.created",
+        ),
+    ])
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        store.profile(twice).await.unwrap(),
+        Some(profile(twice, 2, "Eva L."))
+    );
+    let events = store.pending_events(10).await.unwrap();
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            format!("{twice}:1"),
+            format!("{twice}:2"),
+            format!("{}:1", Uuid::from_u128(5))
+        ]
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    store.mark_delivered(&seqs).await.unwrap();
+
     // A retirement cycle is reported, not followed forever.
     let mut tx = store.begin().await.unwrap();
     tx.retire_profile(survivor, retired).await.unwrap();
