@@ -101,8 +101,8 @@ fn person(rng: &mut Rng, i: u64) -> (String, String, String, String) {
     let (postcode, city) = CITIES[rng.below(8) as usize];
     let street = format!("Weg {} Nr {}", i % 997, 1 + rng.below(120));
     (
-        format!("{given}"),
-        format!("{family}"),
+        given.to_string(),
+        family.to_string(),
         street,
         format!("{postcode},{city}"),
     )
@@ -178,7 +178,7 @@ fn generate(root: &Path, customers: u64, seed: u64) -> Sizes {
         let count = (1 + rng.below(5)).min(lines_left);
         lines_left -= count;
         line.clear();
-        let status = if order % 7 == 0 { "open" } else { "fulfilled" };
+        let status = if order.is_multiple_of(7) { "open" } else { "fulfilled" };
         write!(
             line,
             "{{\"id\":\"O{order}\",\"partner\":\"P{}\",\"date\":\"2025-{:02}-{:02}T10:00:00Z\",\"state\":\"{status}\",\"currency\":\"EUR\",\"lines\":[",

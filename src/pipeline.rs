@@ -34,6 +34,7 @@ use crate::source::file::{FileFormat, FileSource, FileStreamSettings, TextEncodi
 use crate::source::http::HttpSource;
 use crate::source::sql::SqlSource;
 use crate::source::{Batch, Checkpoint, RawItem, Source, SourceError};
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     PossibleMatch, ProfileWrite, QuarantineEntry, Store, StoreError, StoreTx, Upsert,
@@ -180,6 +181,13 @@ pub enum PipelineError {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     match &config.store {
         StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path).await?)),
+        StoreConfig::Postgres {
+            url,
+            schema,
+            pool_size,
+        } => Ok(Arc::new(
+            PostgresStore::open(url, schema.as_deref(), *pool_size).await?,
+        )),
     }
 }
 

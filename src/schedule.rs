@@ -8,6 +8,11 @@
 //! ([`catch_up_due`]). When the shutdown future resolves no further run starts; runs in
 //! flight get the grace period to finish and are aborted after it, which rolls back their
 //! open batch (a batch commits whole or not at all) and records them as `aborted`.
+//!
+//! Replicas: before each run the task takes the job's lease for that fire time
+//! ([`Store::acquire_job_lease`]) and renews it while the run lasts, so daemons sharing a
+//! PostgreSQL store run each fire time once, never two runs of a job at a time; a replica
+//! that dies holding a lease loses it after [`LEASE_TTL`]. On SQLite every lease is granted.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -62,6 +67,9 @@ pub enum DaemonError {
 
 /// How many job runs the shutdown looks through for runs it aborted.
 const ABORTED_RUN_SCAN: i64 = 100;
+
+/// How long a job lease outlives its last renewal; a running job renews it every third.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// A job's cron schedule in its time zone.
 #[derive(Debug, Clone)]
@@ -205,6 +213,12 @@ pub async fn run_daemon(
 
     let started_at = Timestamp::now();
     let shared = Arc::new(config.clone());
+    // Names this daemon's job leases among replicas.
+    let holder: Arc<str> = Arc::from(format!(
+        "pid {} / {}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    ));
     let mut tasks = JoinSet::new();
     let mut names = BTreeSet::new();
     for schedule in schedules {
@@ -214,6 +228,7 @@ pub async fn run_daemon(
         names.insert(schedule.job().to_string());
         tasks.spawn(job_loop(
             shared.clone(),
+            holder.clone(),
             schedule,
             store,
             sink,
@@ -297,6 +312,7 @@ async fn mark_aborted(store: &dyn Store, jobs: &BTreeSet<String>, since: Timesta
 /// time until the stop signal.
 async fn job_loop(
     config: Arc<Config>,
+    holder: Arc<str>,
     schedule: JobSchedule,
     store: Arc<dyn Store>,
     mut sink: Box<dyn Sink>,
@@ -306,9 +322,15 @@ async fn job_loop(
     let now = Timestamp::now();
     match store.last_run_started(&job).await {
         Ok(last_started) => {
-            if catch_up_due(schedule.previous_before(now), last_started) {
+            let previous = schedule.previous_before(now);
+            if let Some(fire_at) = previous.filter(|_| catch_up_due(previous, last_started)) {
                 tracing::info!(job = %job, "A scheduled run was missed; running it now.");
-                run_once(&config, &job, store.as_ref(), sink.as_mut()).await;
+                let leased = Leased {
+                    job: &job,
+                    holder: &holder,
+                    fire_at,
+                };
+                leased.run(&config, store.as_ref(), sink.as_mut()).await;
             }
         }
         Err(error) => {
@@ -334,7 +356,12 @@ async fn job_loop(
         if *stop.borrow() {
             return;
         }
-        run_once(&config, &job, store.as_ref(), sink.as_mut()).await;
+        let leased = Leased {
+            job: &job,
+            holder: &holder,
+            fire_at: next,
+        };
+        leased.run(&config, store.as_ref(), sink.as_mut()).await;
         let finished = Timestamp::now();
         let skipped = schedule.fire_times_between(next, finished, 100_000);
         if skipped > 0 {
@@ -342,6 +369,54 @@ async fn job_loop(
         }
         // The tokio timer and the wall clock may disagree by a hair; `next` never fires twice.
         after = finished.max(next);
+    }
+}
+
+/// One fire time of a job, run under the job's lease.
+struct Leased<'a> {
+    job: &'a str,
+    holder: &'a str,
+    fire_at: Timestamp,
+}
+
+impl Leased<'_> {
+    /// Runs the job if this daemon gets the lease for the fire time, renewing it meanwhile;
+    /// another replica holding it (or having run this fire time) is normal and skips it here.
+    async fn run(&self, config: &Config, store: &dyn Store, sink: &mut dyn Sink) {
+        let job = self.job;
+        match store
+            .acquire_job_lease(job, self.holder, self.fire_at, LEASE_TTL)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(job, fire_at = %self.fire_at, "Another replica runs this fire time.");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(job, %error, "Cannot take the job's lease; this fire time is skipped.");
+                return;
+            }
+        }
+        let renew = async {
+            loop {
+                tokio::time::sleep(LEASE_TTL / 3).await;
+                match store.renew_job_lease(job, self.holder, LEASE_TTL).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(job, "The job's lease was taken over while it ran.")
+                    }
+                    Err(error) => tracing::warn!(job, %error, "Cannot renew the job's lease."),
+                }
+            }
+        };
+        tokio::select! {
+            () = run_once(config, job, store, sink) => {}
+            _ = renew => {}
+        }
+        if let Err(error) = store.release_job_lease(job, self.holder).await {
+            tracing::warn!(job, %error, "Cannot release the job's lease; it expires by itself.");
+        }
     }
 }
 

@@ -544,7 +544,8 @@ mod tests {
         assert_eq!(
             messages,
             [
-                "c.toml:3:1: unknown field `ulr`, expected `url`; did you mean `url`?",
+                "c.toml:3:1: unknown field `ulr`, expected one of `url`, `schema`, `pool_size`; did you \
+                 mean `url`?",
                 "c.toml:6:1: unknown field `sinc`, expected one of `sink`, `path`, `amqp`, \
                  `retry_budget`, `batch_size`; did you mean `sink`?",
                 "c.toml:8:14: invalid type: string \"many\", expected usize",
@@ -568,7 +569,7 @@ mod tests {
         let (value, messages) = parse::<ConfigSpec>(text);
         assert_eq!(
             messages,
-            ["c.toml:3:1: unknown field `nope`, expected `url`"]
+            ["c.toml:3:1: unknown field `nope`, expected one of `url`, `schema`, `pool_size`"]
         );
         assert_eq!(value.unwrap().feed.sink.into_inner(), "file");
 
@@ -583,7 +584,7 @@ mod tests {
         assert_eq!(
             messages,
             [
-                "c.toml:3:1: unknown field `nope`, expected `url`",
+                "c.toml:3:1: unknown field `nope`, expected one of `url`, `schema`, `pool_size`",
                 "c.toml:1:1: missing field `feed`",
             ]
         );

@@ -70,10 +70,16 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     /// The SQLite database file (absolute).
     Sqlite { path: PathBuf },
+    /// A PostgreSQL database, optionally one schema of it.
+    Postgres {
+        url: String,
+        schema: Option<String>,
+        pool_size: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +89,23 @@ pub struct FeedConfig {
     pub retry_budget: Duration,
     /// Events per round trip; default 500.
     pub batch_size: usize,
+}
+
+impl fmt::Debug for StoreConfig {
+    // A PostgreSQL URL may carry the database password: `Debug` output ends up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreConfig::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            StoreConfig::Postgres {
+                schema, pool_size, ..
+            } => f
+                .debug_struct("Postgres")
+                .field("url", &"<redacted>")
+                .field("schema", schema)
+                .field("pool_size", pool_size)
+                .finish(),
+        }
+    }
 }
 
 /// Where events are published.
@@ -578,7 +601,7 @@ batch_size = 50
         let tree = Tree::new();
         tree.write(
             "config/test.toml",
-            &CONFIG.replace("sqlite://var/test.db", "postgres://db/conflux"),
+            &CONFIG.replace("sqlite://var/test.db", "mysql://db/conflux"),
         );
         tree.write(
             "connectors/shop.toml",
@@ -591,8 +614,8 @@ batch_size = 50
         assert_eq!(
             tree.errors(&[]),
             [
-                "config/test.toml:2:7: PostgreSQL stores are not supported yet; use \
-                 sqlite://<path>",
+                "config/test.toml:2:7: unsupported store scheme \"mysql\"; use \
+                 sqlite://<path> or postgres://<host>/<database>",
                 "connectors/shop.toml:6:11: file pattern \"../*.csv\" contains `..`; it must \
                  stay inside the connector directory",
                 "mappings/erp.order.toml:2:5: unknown transform `broken`",

@@ -49,8 +49,14 @@ pub struct OpsSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSpec {
-    /// `sqlite://<path>` (relative to the root); PostgreSQL arrives later.
+    /// `sqlite://<path>` (relative to the root) or `postgres://user@host:5432/db` (usually
+    /// `${CONFLUX_STORE_URL}`, since it may carry a password).
     pub url: Spanned<String>,
+    /// PostgreSQL only: the schema conflux's tables live in (created if missing); default
+    /// the connection's `search_path`.
+    pub schema: Option<Spanned<String>>,
+    /// PostgreSQL only: connections per store handle; default 8.
+    pub pool_size: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

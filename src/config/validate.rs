@@ -311,9 +311,25 @@ fn check_config(spec: &ConfigSpec, id: &str, root: &Path, checker: &mut Checker)
 fn check_store(spec: &StoreSpec, root: &Path, checker: &mut Checker) -> Option<StoreConfig> {
     let url = checker.text(&spec.url)?;
     let at = url.span.start;
+    let schema = checker.optional_text(spec.schema.as_ref())?;
+    let pool_size = spec
+        .pool_size
+        .as_ref()
+        .map(|size| (*size.get_ref(), size.span().start));
     if let Some(path) = url.value.strip_prefix("sqlite://") {
         if path.is_empty() {
             checker.error(at, "store.url needs a database file after sqlite://");
+            return None;
+        }
+        if let Some(schema) = &schema {
+            checker.error(
+                schema.span.start,
+                "store.schema applies to PostgreSQL stores only",
+            );
+            return None;
+        }
+        if let Some((_, at)) = pool_size {
+            checker.error(at, "store.pool_size applies to PostgreSQL stores only");
             return None;
         }
         return Some(StoreConfig::Sqlite {
@@ -321,13 +337,32 @@ fn check_store(spec: &StoreSpec, root: &Path, checker: &mut Checker) -> Option<S
         });
     }
     let message = match url.value.split_once("://") {
-        Some(("postgres" | "postgresql", _)) => {
-            "PostgreSQL stores are not supported yet; use sqlite://<path>".to_string()
+        Some(("postgres" | "postgresql", rest)) => {
+            if rest.is_empty() {
+                "store.url needs a host and database after postgres://".to_string()
+            } else if let Some((0, at)) = pool_size {
+                checker.error(at, "store.pool_size must be at least 1");
+                return None;
+            } else if let Some(schema) = schema.as_ref().filter(|s| s.value.is_empty()) {
+                checker.error(schema.span.start, "store.schema must not be empty");
+                return None;
+            } else {
+                return Some(StoreConfig::Postgres {
+                    url: url.value,
+                    schema: schema.map(|s| s.value),
+                    pool_size: pool_size.map_or(crate::store::postgres::DEFAULT_POOL_SIZE, |p| p.0),
+                });
+            }
         }
         Some((scheme, _)) => {
-            format!("unsupported store scheme \"{scheme}\"; use sqlite://<path>")
+            format!(
+                "unsupported store scheme \"{scheme}\"; use sqlite://<path> or \
+                 postgres://<host>/<database>"
+            )
         }
-        None => "store.url must look like sqlite://<path>".to_string(),
+        None => {
+            "store.url must look like sqlite://<path> or postgres://<host>/<database>".to_string()
+        }
     };
     checker.error(at, message);
     None

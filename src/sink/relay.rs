@@ -27,6 +27,11 @@ pub trait Outbox: Send + Sync {
     async fn mark_delivered(&self, seqs: &[i64]) -> Result<(), StoreError>;
     /// How many events wait for delivery.
     async fn pending_count(&self) -> Result<i64, StoreError>;
+    /// Gives up the claims on rows this relay fetched but did not deliver (see
+    /// [`Store::release_claims`](crate::store::Store::release_claims)).
+    async fn release_claims(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -41,6 +46,10 @@ impl<T: crate::store::Store + ?Sized> Outbox for T {
 
     async fn pending_count(&self) -> Result<i64, StoreError> {
         crate::store::Store::pending_count(self).await
+    }
+
+    async fn release_claims(&self) -> Result<(), StoreError> {
+        crate::store::Store::release_claims(self).await
     }
 }
 
@@ -58,6 +67,10 @@ impl<T: crate::store::Store + ?Sized> Outbox for std::sync::Arc<T> {
 
     async fn pending_count(&self) -> Result<i64, StoreError> {
         crate::store::Store::pending_count(&**self).await
+    }
+
+    async fn release_claims(&self) -> Result<(), StoreError> {
+        crate::store::Store::release_claims(&**self).await
     }
 }
 
@@ -176,6 +189,8 @@ pub async fn drain<O: Outbox + ?Sized>(
         tokio::time::sleep(retry_in).await;
     };
 
+    // What this drain leaves undelivered is free for the next relay, here or on a replica.
+    outbox.release_claims().await?;
     let pending = outbox.pending_count().await?;
     Ok(RelayReport {
         delivered,

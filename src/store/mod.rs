@@ -4,13 +4,17 @@
 //! [`Store`] is the trait the pipeline and the relay talk to; [`StoreTx`] is one open
 //! transaction. Everything one batch changes goes through one `StoreTx` and becomes visible
 //! at [`StoreTx::commit`] or not at all. [`sqlite::SqliteStore`] is the embedded
-//! implementation; the schema lives in numbered migrations under `migrations/sqlite`.
+//! implementation, [`postgres::PostgresStore`] the one several daemon replicas share; each
+//! has its own numbered migrations (`migrations/sqlite`, `migrations/postgres`). Pure logic
+//! both share (row decoding, batch planning) lives in `rows`.
 //!
 //! `StoreTx` has a small required surface of one-row operations and set-based variants on
 //! top (`upsert_records`, `keys_and_links`, ...) whose default implementations loop over the
 //! one-row ones. The pipeline calls the set-based variants once per batch; a backend
 //! overrides them with a few statements per batch instead of a few per record.
 
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::collections::{BTreeSet, HashMap};
@@ -33,7 +37,7 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store: {0}")]
     Corrupt(String),
-    #[error("unsupported store url {0:?}: expected sqlite://<path>")]
+    #[error("unsupported store url {0:?}: expected sqlite://<path> or postgres://<host>/<db>")]
     UnsupportedUrl(String),
 }
 
@@ -198,6 +202,43 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<PossibleMatchRow>, StoreError>;
     /// The stored match model (JSON), if one was estimated.
     async fn match_model(&self) -> Result<Option<String>, StoreError>;
+
+    /// Takes the run lease of `job` for its fire time `fire_at` on behalf of `holder`, for
+    /// `ttl`: granted only when no other holder's lease is live and no run was taken for
+    /// this or a later fire time, so each fire time runs once across daemons sharing the
+    /// store. The default grants every lease: an embedded store serves one daemon, whose job
+    /// loop never overlaps itself.
+    async fn acquire_job_lease(
+        &self,
+        job: &str,
+        holder: &str,
+        fire_at: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (job, holder, fire_at, ttl);
+        Ok(true)
+    }
+    /// Extends `holder`'s live lease of `job` by `ttl` from now; `false` when it lost it.
+    async fn renew_job_lease(
+        &self,
+        job: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (job, holder, ttl);
+        Ok(true)
+    }
+    /// Gives up this handle's claims on undelivered outbox rows (its relay stopped), so the
+    /// next relay on any replica takes them at once instead of after the claim expires. The
+    /// default has nothing to release: an embedded store does not claim.
+    async fn release_claims(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Gives up `holder`'s lease of `job` (the run is over).
+    async fn release_job_lease(&self, job: &str, holder: &str) -> Result<(), StoreError> {
+        let _ = (job, holder);
+        Ok(())
+    }
 }
 
 #[async_trait]

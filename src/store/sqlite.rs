@@ -16,9 +16,7 @@
 //! lookup. Records are stored as their serde JSON and uuids and times as TEXT (RFC 3339, UTC).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::Hash;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,16 +26,20 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
+use super::rows::{
+    decode_customer, decode_line_item, decode_order, decode_record, distinct, in_input_order,
+    ingested_file, last_match_keys, metric_row, parent_ids, parse_time, parse_uuid, plan_upserts,
+    position, source_ref, stored_size,
+};
 use super::{
     BlockLookup, IdentityDecision, JobRun, PossibleMatch, PossibleMatchRow, ProfileWrite,
     QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert,
 };
-use crate::model::profile::{CustomerProfile, Segment};
+use crate::model::profile::CustomerProfile;
 use crate::model::{Customer, Order, OrderLineItem, Record, SourceRef};
 use crate::profile::MetricRow;
 use crate::sink::OutboxEvent;
 use crate::source::IngestedFile;
-use rust_decimal::Decimal;
 
 static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
@@ -99,62 +101,6 @@ impl std::fmt::Debug for SqliteTx {
 
 fn now() -> String {
     Timestamp::now().to_string()
-}
-
-fn parse_time(text: &str, context: &str) -> Result<Timestamp, StoreError> {
-    Timestamp::from_str(text).map_err(|error| {
-        StoreError::Corrupt(format!("{context}: {text:?} is not a timestamp: {error}"))
-    })
-}
-
-fn parse_uuid(text: &str, context: &str) -> Result<Uuid, StoreError> {
-    Uuid::from_str(text)
-        .map_err(|error| StoreError::Corrupt(format!("{context}: {text:?} is not a uuid: {error}")))
-}
-
-fn decode_record(body: &str, context: &str) -> Result<Record, StoreError> {
-    serde_json::from_str(body)
-        .map_err(|error| StoreError::Corrupt(format!("{context}: undecodable record: {error}")))
-}
-
-fn decode_customer(body: &str, context: &str) -> Result<Customer, StoreError> {
-    match decode_record(body, context)? {
-        Record::Customer(customer) => Ok(customer),
-        other => Err(StoreError::Corrupt(format!(
-            "{context}: stored as a customer but holds a {} record",
-            other.kind()
-        ))),
-    }
-}
-
-fn decode_order(body: &str, context: &str) -> Result<Order, StoreError> {
-    match decode_record(body, context)? {
-        Record::Order(order) => Ok(order),
-        other => Err(StoreError::Corrupt(format!(
-            "{context}: stored as an order but holds a {} record",
-            other.kind()
-        ))),
-    }
-}
-
-/// The columns that join a record to its parent: an order's customer id, a standalone order
-/// line's order id.
-fn parent_ids(record: &Record) -> (Option<&str>, Option<&str>) {
-    match record {
-        Record::Order(order) => (order.customer_id.as_deref(), None),
-        Record::OrderLine(item) => (None, Some(item.order_id.as_str())),
-        _ => (None, None),
-    }
-}
-
-fn decode_line_item(body: &str, context: &str) -> Result<OrderLineItem, StoreError> {
-    match decode_record(body, context)? {
-        Record::OrderLine(item) => Ok(item),
-        other => Err(StoreError::Corrupt(format!(
-            "{context}: stored as an order line but holds a {} record",
-            other.kind()
-        ))),
-    }
 }
 
 /// Attaches the standalone order lines stored for each order (see [`Order::attach_lines`]),
@@ -238,39 +184,10 @@ fn json_list<T: serde::Serialize>(values: &[T], what: &str) -> Result<String, St
         .map_err(|error| StoreError::Corrupt(format!("cannot encode {what}: {error}")))
 }
 
-fn source_ref((system, stream, source_id): (String, String, String)) -> SourceRef {
-    SourceRef {
-        system,
-        stream,
-        source_id,
-    }
-}
-
 /// A source ref as the JSON triple `[system, stream, source_id]` that the batch statements
 /// take apart with `->> 0`, `->> 1` and `->> 2`.
 fn ref_triple(record: &SourceRef) -> (&str, &str, &str) {
     (&record.system, &record.stream, &record.source_id)
-}
-
-/// The distinct items in the order they first appear.
-fn distinct<'a, T: Eq + Hash + ?Sized>(items: impl IntoIterator<Item = &'a T>) -> Vec<&'a T> {
-    let mut seen = HashSet::new();
-    items
-        .into_iter()
-        .filter(|item| seen.insert(*item))
-        .collect()
-}
-
-/// The index into the bound list that a batch row belongs to (`json_each`'s `key`).
-fn position(key: i64, len: usize) -> Result<usize, StoreError> {
-    usize::try_from(key)
-        .ok()
-        .filter(|&index| index < len)
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "json_each returned position {key} for a list of {len}"
-            ))
-        })
 }
 
 /// Follows `retired_into` from `profile_id` to the profile that is still live, and returns
@@ -346,14 +263,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(path, size, hash)| {
-                let size = u64::try_from(size).map_err(|_| {
-                    StoreError::Corrupt(format!(
-                        "ingested file {connector}/{stream}/{path} has negative size {size}"
-                    ))
-                })?;
-                Ok(IngestedFile { path, size, hash })
-            })
+            .map(|row| ingested_file(connector, stream, row))
             .collect()
     }
 
@@ -681,12 +591,7 @@ impl StoreTx for SqliteTx {
         stream: &str,
         file: &IngestedFile,
     ) -> Result<(), StoreError> {
-        let size = i64::try_from(file.size).map_err(|_| {
-            StoreError::Corrupt(format!(
-                "ingested file {connector}/{stream}/{}: size {} exceeds the store's range",
-                file.path, file.size
-            ))
-        })?;
+        let size = stored_size(connector, stream, file)?;
         sqlx::query(
             "INSERT INTO ingested_files (connector, stream, path, size, hash, ingested_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -1357,54 +1262,27 @@ impl StoreTx for SqliteTx {
             })
             .collect();
 
-        // Replays the one-row semantics in memory: each occurrence is compared with the
-        // hash its ref holds at that point, which a previous occurrence may have changed.
         let hashes: Vec<String> = records.iter().map(Record::content_hash).collect();
-        let mut current: HashMap<&SourceRef, &str> =
-            stored.iter().map(|(r, hash)| (r, hash.as_str())).collect();
-        let mut last_change: HashMap<&SourceRef, usize> = HashMap::new();
-        let mut outcomes = Vec::with_capacity(records.len());
-        for (index, (record, hash)) in records.iter().zip(&hashes).enumerate() {
-            let source = record.source();
-            let outcome = match current.get(source) {
-                None => Upsert::Inserted,
-                Some(&previous) if previous == hash => Upsert::Unchanged,
-                Some(_) => Upsert::Updated,
-            };
-            if outcome != Upsert::Unchanged {
-                current.insert(source, hash);
-                last_change.insert(source, index);
-            }
-            outcomes.push(outcome);
+        let plan = plan_upserts(records, &hashes, &stored)?;
+        if plan.writes.is_empty() {
+            return Ok(plan.outcomes);
         }
-        if last_change.is_empty() {
-            return Ok(outcomes);
-        }
-
-        // Each changed ref is written once, as its last changing occurrence, in the order
-        // refs first appear. A ref inserted and then updated within the batch ends exactly
-        // as the one-row path leaves it: first_run and last_changed_run both this run.
-        let mut rows = Vec::with_capacity(last_change.len());
-        for source in &refs {
-            let Some(&index) = last_change.get(source) else {
-                continue;
-            };
-            let record = &records[index];
-            let body = serde_json::to_string(record).map_err(|error| {
-                StoreError::Corrupt(format!("cannot encode record {source}: {error}"))
-            })?;
-            let (customer_id, order_id) = parent_ids(record);
-            rows.push((
-                source.system.as_str(),
-                source.stream.as_str(),
-                source.source_id.as_str(),
-                record.kind().as_str(),
-                hashes[index].as_str(),
-                body,
-                customer_id,
-                order_id,
-            ));
-        }
+        let rows: Vec<_> = plan
+            .writes
+            .iter()
+            .map(|w| {
+                (
+                    w.source.system.as_str(),
+                    w.source.stream.as_str(),
+                    w.source.source_id.as_str(),
+                    w.entity,
+                    w.content_hash,
+                    w.body.as_str(),
+                    w.customer_id,
+                    w.order_id,
+                )
+            })
+            .collect();
         // `WHERE true` resolves the parsing ambiguity between a join's ON and ON CONFLICT.
         sqlx::query(
             "INSERT INTO records (system, stream, source_id, entity, content_hash, body, \
@@ -1422,7 +1300,7 @@ impl StoreTx for SqliteTx {
         .bind(now())
         .execute(&mut *self.tx)
         .await?;
-        Ok(outcomes)
+        Ok(plan.outcomes)
     }
 
     async fn set_match_keys_many(
@@ -1445,23 +1323,15 @@ impl StoreTx for SqliteTx {
         .execute(&mut *self.tx)
         .await?;
 
-        // A ref listed twice keeps its last list, as repeated one-row calls would leave it.
-        let last: HashMap<&SourceRef, &[String]> = keys
-            .iter()
-            .map(|(record, keys)| (record, keys.as_slice()))
-            .collect();
-        let rows: Vec<(&str, &str, &str, &str)> = refs
-            .iter()
-            .flat_map(|record| {
-                let keys = last.get(record).copied().unwrap_or_default();
-                keys.iter().map(move |key| {
-                    (
-                        key.as_str(),
-                        record.system.as_str(),
-                        record.stream.as_str(),
-                        record.source_id.as_str(),
-                    )
-                })
+        let rows: Vec<(&str, &str, &str, &str)> = last_match_keys(&refs, keys)
+            .into_iter()
+            .map(|(key, r)| {
+                (
+                    key,
+                    r.system.as_str(),
+                    r.stream.as_str(),
+                    r.source_id.as_str(),
+                )
             })
             .collect();
         if rows.is_empty() {
@@ -1518,22 +1388,7 @@ impl StoreTx for SqliteTx {
             let context = format!("link of {}", refs[index]);
             found[index].1 = Some(parse_uuid(&profile_id, &context)?);
         }
-        let index_of: HashMap<&SourceRef, usize> = refs
-            .iter()
-            .enumerate()
-            .map(|(index, record)| (*record, index))
-            .collect();
-        records
-            .iter()
-            .map(|record| {
-                index_of
-                    .get(record)
-                    .map(|&index| found[index].clone())
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("{record} missing from its own batch"))
-                    })
-            })
-            .collect()
+        in_input_order(records, &refs, &found)
     }
 
     async fn customers_of_many(
@@ -1762,27 +1617,8 @@ impl StoreTx for SqliteTx {
         .await?;
         rows.into_iter()
             .map(|(id, count, value, first, last, segment)| {
-                let context = format!("profile {id}");
-                let time =
-                    |text: Option<String>| text.map(|t| parse_time(&t, &context)).transpose();
-                Ok(MetricRow {
-                    profile_id: parse_uuid(&id, "profiles.profile_id")?,
-                    order_count: count.unwrap_or_default().max(0) as u64,
-                    lifetime_value: match value {
-                        Some(v) => Decimal::from_str(&v).map_err(|error| {
-                            StoreError::Corrupt(format!("{context}: lifetime value {v:?}: {error}"))
-                        })?,
-                        None => Decimal::ZERO,
-                    },
-                    first_order_at: time(first)?,
-                    last_order_at: time(last)?,
-                    segment: match segment {
-                        Some(text) => serde_json::from_str(&text).map_err(|error| {
-                            StoreError::Corrupt(format!("{context}: segment: {error}"))
-                        })?,
-                        None => Segment::default(),
-                    },
-                })
+                let id = parse_uuid(&id, "profiles.profile_id")?;
+                metric_row(id, count, value, first, last, segment)
             })
             .collect()
     }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use conflux::config::{self, Config};
+use conflux::config::{self, Config, StoreConfig};
 use tempfile::TempDir;
 
 pub fn repo_root() -> PathBuf {
@@ -48,8 +48,59 @@ pub fn project_with(files: &[(&str, &[u8])]) -> TempDir {
 
 pub fn load(project: &Path, config_file: &str) -> Config {
     match config::load(&project.join(config_file)) {
-        Ok(config) => config,
+        Ok(config) => on_test_store(config),
         Err(diagnostics) => panic!("config does not load:\n{diagnostics}"),
+    }
+}
+
+/// With `CONFLUX_TEST_STORE=postgres`, a config's SQLite store becomes a PostgreSQL schema
+/// named after the database file (so every load of one test's project meets the same
+/// schema): the pipeline tests then run on PostgreSQL. Their schemas are named `t_suite_*`
+/// and outlive the test (its tempdir has no hook for them); the first load of the next such
+/// run drops them all.
+fn on_test_store(mut config: Config) -> Config {
+    if std::env::var("CONFLUX_TEST_STORE").as_deref() != Ok("postgres") {
+        return config;
+    }
+    let StoreConfig::Sqlite { path } = &config.store else {
+        return config;
+    };
+    let url = postgres_url().expect("CONFLUX_TEST_STORE=postgres needs PostgreSQL");
+    static LEFTOVERS_DROPPED: std::sync::Once = std::sync::Once::new();
+    LEFTOVERS_DROPPED.call_once(|| drop_suite_schemas(&url));
+    let hash = blake3::hash(path.to_string_lossy().as_bytes()).to_hex();
+    let schema = format!("t_suite_{}", &hash[..20]);
+    config.store = StoreConfig::Postgres {
+        url,
+        schema: Some(schema),
+        pool_size: 4,
+    };
+    config
+}
+
+/// Drops the `t_suite_*` schemas earlier runs of [`load`] on PostgreSQL left behind.
+fn drop_suite_schemas(url: &str) {
+    let url = url.to_string();
+    let names = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 't\\_suite\\_%'",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                (url, names)
+            })
+    })
+    .join()
+    .unwrap();
+    for schema in &names.1 {
+        drop_schema(&names.0, schema);
     }
 }
 
@@ -90,7 +141,8 @@ pub fn read_feed(path: &Path) -> Vec<serde_json::Value> {
 /// The PostgreSQL URL for tests, or `None` (with a message) when the server is unreachable
 /// and services are not required (see [`amqp_url`]).
 pub fn postgres_url() -> Option<String> {
-    let url = std::env::var("CONFLUX_TEST_POSTGRES_URL")
+    let url = std::env::var("CONFLUX_TEST_PG_URL")
+        .or_else(|_| std::env::var("CONFLUX_TEST_POSTGRES_URL"))
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let reachable = std::net::TcpStream::connect_timeout(
         &"127.0.0.1:5432".parse().unwrap(),
@@ -107,4 +159,30 @@ pub fn postgres_url() -> Option<String> {
     }
     eprintln!("skipping: PostgreSQL not reachable at 127.0.0.1:5432");
     None
+}
+
+/// Drops a test schema and everything in it (on its own thread and runtime, so it works from
+/// `Drop`, also while a failed test unwinds).
+pub fn drop_schema(url: &str, schema: &str) {
+    let (url, schema) = (url.to_string(), schema.to_string());
+    let dropped = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let pool = sqlx::PgPool::connect(&url).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                )))
+                .execute(&pool)
+                .await?;
+                pool.close().await;
+                Ok::<(), sqlx::Error>(())
+            })
+    })
+    .join();
+    if let Ok(Err(error)) = dropped {
+        eprintln!("cannot drop test schema: {error}");
+    }
 }

@@ -373,10 +373,9 @@ async fn order_lines(
     project: &Path,
     customer: &str,
 ) -> Vec<(String, Vec<(String, String, String)>)> {
-    let store = conflux::store::sqlite::SqliteStore::open(&project.join(".conflux/presets.db"))
-        .await
-        .unwrap();
-    let mut tx = conflux::store::Store::begin(&store).await.unwrap();
+    let config = load(project, "config/presets.toml");
+    let store = conflux::pipeline::open_store(&config).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
     let orders = tx.orders_of_customer("odoo", customer).await.unwrap();
     orders
         .into_iter()

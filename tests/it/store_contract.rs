@@ -1,0 +1,1289 @@
+//! The store contract: one suite of behaviour tests written against `&dyn Store`, run on
+//! SQLite (a temp file per test) and on PostgreSQL (a fresh schema per test, dropped after).
+//! PostgreSQL tests skip with a message when the server is unreachable, unless
+//! `CONFLUX_REQUIRE_SERVICES=1`. Replica coordination (outbox claims, job leases) has its
+//! own PostgreSQL tests at the end.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use conflux::model::profile::{CustomerProfile, GoldenRecord, Money, OrderMetrics, SCHEMA_VERSION};
+use conflux::model::{Customer, Order, OrderLine, OrderLineItem, Record, SourceRef};
+use conflux::source::IngestedFile;
+use conflux::store::postgres::PostgresStore;
+use conflux::store::sqlite::SqliteStore;
+use conflux::store::{
+    BlockLookup, IdentityDecision, PossibleMatch, ProfileWrite, QuarantineEntry, Store, Upsert,
+};
+use jiff::Timestamp;
+
+use crate::common::drop_schema;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use crate::common::postgres_url;
+
+/// A store under test and what it lives in; dropping it removes the file or the schema.
+pub struct Backend {
+    store: Arc<dyn Store>,
+    place: Place,
+}
+
+enum Place {
+    Sqlite(tempfile::TempDir),
+    Postgres { url: String, schema: String },
+}
+
+impl Backend {
+    pub async fn sqlite() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("conflux.db"))
+            .await
+            .unwrap();
+        Backend {
+            store: Arc::new(store),
+            place: Place::Sqlite(dir),
+        }
+    }
+
+    /// A store in a fresh schema, or `None` when PostgreSQL is unreachable (and not required).
+    pub async fn postgres() -> Option<Backend> {
+        let url = postgres_url()?;
+        let schema = fresh_schema("contract");
+        let store = PostgresStore::open(&url, Some(&schema), 4).await.unwrap();
+        Some(Backend {
+            store: Arc::new(store),
+            place: Place::Postgres { url, schema },
+        })
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Another handle on the same database (another process's view).
+    pub async fn reopen(&self) -> Arc<dyn Store> {
+        match &self.place {
+            Place::Sqlite(dir) => Arc::new(
+                SqliteStore::open(&dir.path().join("conflux.db"))
+                    .await
+                    .unwrap(),
+            ),
+            Place::Postgres { url, schema } => {
+                Arc::new(PostgresStore::open(url, Some(schema), 4).await.unwrap())
+            }
+        }
+    }
+}
+
+/// A schema name no other test uses.
+pub fn fresh_schema(prefix: &str) -> String {
+    format!("t_{prefix}_{}", Uuid::now_v7().simple())
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Place::Postgres { url, schema } = &self.place {
+            drop_schema(url, schema);
+        }
+    }
+}
+
+/// Runs each named contract test on both backends: `store_contract::sqlite::<name>` and
+/// `store_contract::postgres::<name>`.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = super::Backend::sqlite().await;
+                    super::$name(&backend).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(backend) = super::Backend::postgres().await else { return };
+                    super::$name(&backend).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    a_transaction_commits_whole_or_not_at_all,
+    upserts_report_inserted_unchanged_updated_and_batches_match_one_row_calls,
+    cursors_ingested_files_and_quarantine,
+    job_runs_are_recorded_and_listed,
+    match_keys_links_and_block_members,
+    customers_orders_and_standalone_lines_join,
+    profiles_are_versioned_retired_and_fed_to_the_outbox,
+    stale_profile_versions_are_refused,
+    identity_review_decisions_and_the_relink_queue,
+    the_match_model_is_stored_once,
+    batch_methods_take_thousands_of_items,
+    job_leases_are_granted_on_every_backend,
+);
+
+fn source(system: &str, stream: &str, source_id: &str) -> SourceRef {
+    SourceRef {
+        system: system.to_string(),
+        stream: stream.to_string(),
+        source_id: source_id.to_string(),
+    }
+}
+
+fn customer(system: &str, stream: &str, source_id: &str, emails: &[&str]) -> Customer {
+    Customer {
+        source: source(system, stream, source_id),
+        full_name: Some(format!("Customer {source_id}")),
+        emails: emails.iter().map(|e| e.to_string()).collect(),
+        ..Customer::default()
+    }
+}
+
+fn order(system: &str, source_id: &str, customer_id: Option<&str>) -> Order {
+    Order {
+        source: source(system, "orders", source_id),
+        order_number: source_id.to_string(),
+        customer_id: customer_id.map(str::to_string),
+        total: Some(Decimal::new(1050, 2)),
+        currency: Some("EUR".to_string()),
+        ..Order::default()
+    }
+}
+
+fn line(id: &str, order_id: &str, number: &str, sku: &str) -> Record {
+    Record::OrderLine(OrderLineItem {
+        source: source("odoo", "lines", id),
+        order_id: order_id.to_string(),
+        line: OrderLine {
+            line_number: Some(number.to_string()),
+            sku: Some(sku.to_string()),
+            ..OrderLine::default()
+        },
+    })
+}
+
+fn profile(profile_id: Uuid, version: i64, name: &str) -> CustomerProfile {
+    CustomerProfile {
+        schema_version: SCHEMA_VERSION.to_string(),
+        profile_id,
+        version,
+        merged_ids: Vec::new(),
+        golden: GoldenRecord {
+            full_name: Some(name.to_string()),
+            ..GoldenRecord::default()
+        },
+        metrics: OrderMetrics {
+            order_count: 0,
+            lifetime_value: Money {
+                amount: Decimal::ZERO,
+                currency: "EUR".to_string(),
+            },
+            average_order_value: None,
+            first_order_at: None,
+            last_order_at: None,
+            days_since_last_order: None,
+        },
+        alternates: Vec::new(),
+        conflicts: Vec::new(),
+        segment: Default::default(),
+        open_orders: Vec::new(),
+        earliest_projected_date: None,
+        top_categories: Vec::new(),
+        data_quality: Default::default(),
+        as_of: None,
+        sources: Vec::new(),
+    }
+}
+
+fn write(profile: CustomerProfile, event_type: &str) -> ProfileWrite {
+    let event_body = format!("{{\"id\":\"{}:{}\"}}", profile.profile_id, profile.version);
+    ProfileWrite {
+        content_hash: format!("hash-{}-{}", profile.profile_id, profile.version),
+        profile,
+        event_type: event_type.to_string(),
+        event_body,
+    }
+}
+
+async fn a_transaction_commits_whole_or_not_at_all(backend: &Backend) {
+    let store = backend.store();
+    let record = Record::Customer(customer("erp", "customers", "1", &["a@example.com"]));
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_record(&record, 1).await.unwrap();
+    tx.set_cursor("erp", "customers", "2026-01-01")
+        .await
+        .unwrap();
+    tx.write_profile(
+        &profile(Uuid::from_u128(1), 1, "A"),
+        "h",
+        "customer.profile.created",
+        "{}",
+    )
+    .await
+    .unwrap();
+    drop(tx);
+    assert_eq!(store.cursor("erp", "customers").await.unwrap(), None);
+    assert_eq!(store.pending_count().await.unwrap(), 0);
+    assert_eq!(store.profile(Uuid::from_u128(1)).await.unwrap(), None);
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.upsert_record(&record, 1).await.unwrap(),
+        Upsert::Inserted
+    );
+    tx.commit().await.unwrap();
+
+    // Another handle (another replica, another process) sees the committed batch.
+    let other = backend.reopen().await;
+    let mut tx = other.begin().await.unwrap();
+    assert_eq!(
+        tx.upsert_record(&record, 2).await.unwrap(),
+        Upsert::Unchanged
+    );
+}
+
+async fn upserts_report_inserted_unchanged_updated_and_batches_match_one_row_calls(
+    backend: &Backend,
+) {
+    let store = backend.store();
+    let a = customer("erp", "customers", "a", &["a@example.com"]);
+    let mut a2 = a.clone();
+    a2.full_name = Some("Anna".into());
+    let b = customer("erp", "customers", "b", &[]);
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.upsert_record(&Record::Customer(a.clone()), 1)
+            .await
+            .unwrap(),
+        Upsert::Inserted
+    );
+    assert_eq!(
+        tx.upsert_record(&Record::Customer(a.clone()), 1)
+            .await
+            .unwrap(),
+        Upsert::Unchanged
+    );
+    assert_eq!(tx.upsert_records(&[], 1).await.unwrap(), Vec::new());
+    // In one batch: a changes twice (the second back to its first content), b is new and
+    // repeated.
+    let outcomes = tx
+        .upsert_records(
+            &[
+                Record::Customer(a2.clone()),
+                Record::Customer(b.clone()),
+                Record::Customer(b.clone()),
+                Record::Customer(a.clone()),
+            ],
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            Upsert::Updated,
+            Upsert::Inserted,
+            Upsert::Unchanged,
+            Upsert::Updated
+        ]
+    );
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    // The stored content is the last occurrence's.
+    assert_eq!(
+        tx.customers_by_refs(&[a.source.clone(), b.source.clone(), source("x", "y", "z")])
+            .await
+            .unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(
+        tx.upsert_record(&Record::Customer(a2.clone()), 3)
+            .await
+            .unwrap(),
+        Upsert::Updated
+    );
+    assert!(tx.customers_by_refs(&[]).await.unwrap().is_empty());
+}
+
+async fn cursors_ingested_files_and_quarantine(backend: &Backend) {
+    let store = backend.store();
+    let file = IngestedFile {
+        path: "2026/customers.csv".into(),
+        size: 120,
+        hash: "abc".into(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.set_cursor("erp", "orders", "2026-01-01T00:00:00Z")
+        .await
+        .unwrap();
+    // SQL metacharacters are data.
+    tx.set_cursor("erp", "orders", "x'; DROP TABLE records; --")
+        .await
+        .unwrap();
+    tx.mark_ingested("shop", "customers", &file).await.unwrap();
+    tx.mark_ingested("shop", "customers", &file).await.unwrap();
+    tx.mark_ingested(
+        "shop",
+        "customers",
+        &IngestedFile {
+            path: "a.csv".into(),
+            size: 1,
+            hash: "d".into(),
+        },
+    )
+    .await
+    .unwrap();
+    for (i, raw) in ["first", "with\0nul and ü", "third"].iter().enumerate() {
+        tx.quarantine(
+            &QuarantineEntry {
+                connector: "shop".into(),
+                stream: "customers".into(),
+                source_ref: format!("customers.csv:{}", i + 2),
+                raw: raw.to_string(),
+                reason: format!("line {}: field email: not an address", i + 2),
+            },
+            7,
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(
+        store.cursor("erp", "orders").await.unwrap().as_deref(),
+        Some("x'; DROP TABLE records; --")
+    );
+    assert_eq!(store.cursor("erp", "customers").await.unwrap(), None);
+    let files = store.ingested_files("shop", "customers").await.unwrap();
+    assert_eq!(files.len(), 2);
+    assert_eq!(files[0].path, "2026/customers.csv");
+    assert_eq!(files[1].path, "a.csv");
+    assert!(
+        store
+            .ingested_files("shop", "orders")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let rows = store.quarantine_rows(2).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].raw, "third");
+    assert_eq!(rows[1].raw, "with\0nul and ü");
+    assert_eq!(rows[1].source_ref, "customers.csv:3");
+    assert_eq!(rows[1].reason, "line 3: field email: not an address");
+    assert_eq!(rows[1].run_id, Some(7));
+    assert!(rows[0].id > rows[1].id);
+}
+
+async fn job_runs_are_recorded_and_listed(backend: &Backend) {
+    let store = backend.store();
+    assert_eq!(store.last_run_started("nightly").await.unwrap(), None);
+    let before = Timestamp::now();
+    let first = store.start_run("nightly").await.unwrap();
+    let second = store.start_run("*").await.unwrap();
+    store.finish_run(first, "ok", "{\"read\":3}").await.unwrap();
+    let error = store.finish_run(9999, "ok", "{}").await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "store: cannot finish job run 9999: no such run"
+    );
+    let started = store.last_run_started("nightly").await.unwrap().unwrap();
+    assert!(
+        started
+            >= before
+                .checked_sub(jiff::SignedDuration::from_millis(1))
+                .unwrap()
+    );
+    let runs = store.recent_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].id, second);
+    assert_eq!(runs[0].job, "*");
+    assert_eq!(runs[0].status, "running");
+    assert_eq!(runs[0].finished_at, None);
+    assert_eq!(runs[1].id, first);
+    assert_eq!(runs[1].status, "ok");
+    assert_eq!(runs[1].summary.as_deref(), Some("{\"read\":3}"));
+    assert!(runs[1].finished_at.unwrap() >= runs[1].started_at);
+    assert_eq!(store.recent_runs(1).await.unwrap().len(), 1);
+}
+
+async fn match_keys_links_and_block_members(backend: &Backend) {
+    let store = backend.store();
+    let (p1, p2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let (a, b, c) = (
+        source("erp", "customers", "a"),
+        source("crm", "contacts", "b"),
+        source("shop", "customers", "c"),
+    );
+    let mut tx = store.begin().await.unwrap();
+    tx.set_match_keys(&a, &["email:x@y.z".into(), "vat:DE1".into()])
+        .await
+        .unwrap();
+    tx.set_match_keys(&a, &["email:x@y.z".into(), "phone:+491".into()])
+        .await
+        .unwrap();
+    tx.set_match_keys_many(&[
+        (b.clone(), vec!["email:x@y.z".into()]),
+        (c.clone(), vec!["vat:DE1".into()]),
+        (c.clone(), vec!["phone:+491".into(), "phone:+491".into()]),
+    ])
+    .await
+    .unwrap();
+    tx.set_match_keys_many(&[]).await.unwrap();
+    assert_eq!(
+        tx.match_keys(&a).await.unwrap(),
+        ["email:x@y.z", "phone:+491"]
+    );
+    assert_eq!(tx.match_keys(&c).await.unwrap(), ["phone:+491"]);
+    tx.set_link(&a, p1).await.unwrap();
+    tx.set_links(&[(b.clone(), p1), (c.clone(), p1), (c.clone(), p2)])
+        .await
+        .unwrap();
+    tx.set_links(&[]).await.unwrap();
+    assert_eq!(tx.link_of(&c).await.unwrap(), Some(p2));
+    assert_eq!(
+        tx.link_of(&source("erp", "customers", "none"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        tx.records_with_keys(&["email:x@y.z".into(), "vat:DE1".into()])
+            .await
+            .unwrap(),
+        vec![(b.clone(), Some(p1)), (a.clone(), Some(p1))]
+    );
+    assert!(tx.records_with_keys(&[]).await.unwrap().is_empty());
+    let unlinked = source("erp", "customers", "u");
+    tx.set_match_keys(&unlinked, &["email:x@y.z".into()])
+        .await
+        .unwrap();
+    assert!(
+        tx.records_with_keys(&["email:x@y.z".into()])
+            .await
+            .unwrap()
+            .contains(&(unlinked.clone(), None))
+    );
+    assert_eq!(
+        tx.keys_and_links(&[
+            c.clone(),
+            unlinked.clone(),
+            c.clone(),
+            source("n", "o", "p")
+        ])
+        .await
+        .unwrap(),
+        vec![
+            (vec!["phone:+491".to_string()], Some(p2)),
+            (vec!["email:x@y.z".to_string()], None),
+            (vec!["phone:+491".to_string()], Some(p2)),
+            (Vec::new(), None),
+        ]
+    );
+    // email:x@y.z has 3 members: too many for a block of 2.
+    let lookup = tx
+        .block_members(
+            &[
+                "phone:+491".into(),
+                "email:x@y.z".into(),
+                "phone:+491".into(),
+                "none".into(),
+            ],
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        lookup,
+        BlockLookup {
+            members: vec![
+                ("phone:+491".to_string(), a.clone()),
+                ("phone:+491".to_string(), c.clone()),
+            ],
+            oversized: vec![("email:x@y.z".to_string(), 3)],
+        }
+    );
+    assert_eq!(
+        tx.block_members(&[], 2).await.unwrap(),
+        BlockLookup::default()
+    );
+    tx.commit().await.unwrap();
+}
+
+async fn customers_orders_and_standalone_lines_join(backend: &Backend) {
+    let store = backend.store();
+    let (p1, p2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let erp = customer("erp", "customers", "0010034884", &["Anna@Example.com"]);
+    let erp_other_stream = customer("erp", "contacts", "0010034884", &[]);
+    let crm = customer("crm", "contacts", "c-1", &["anna@example.com"]);
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_records(
+        &[
+            Record::Customer(erp.clone()),
+            Record::Customer(erp_other_stream.clone()),
+            Record::Customer(crm.clone()),
+            Record::Order(order("erp", "o1", Some("0010034884"))),
+            Record::Order(order("erp", "o2", Some("0010034884"))),
+            Record::Order(order("erp", "o3", None)),
+            Record::Order(order("crm", "o1", Some("c-1"))),
+        ],
+        1,
+    )
+    .await
+    .unwrap();
+    tx.set_links(&[
+        (erp.source.clone(), p1),
+        (crm.source.clone(), p1),
+        (erp_other_stream.source.clone(), p2),
+        // A link on a non-customer record never makes it a customer of the profile.
+        (source("erp", "orders", "o1"), p1),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        tx.customers_of(p1).await.unwrap(),
+        vec![crm.clone(), erp.clone()]
+    );
+    assert!(
+        tx.customers_of(Uuid::from_u128(3))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let many = tx
+        .customers_of_many(&[p2, p1, Uuid::from_u128(3), p2])
+        .await
+        .unwrap();
+    assert_eq!(
+        many,
+        HashMap::from([
+            (p1, vec![crm.clone(), erp.clone()]),
+            (p2, vec![erp_other_stream.clone()])
+        ])
+    );
+    assert_eq!(
+        tx.profiles_of_customer_id("erp", "0010034884")
+            .await
+            .unwrap(),
+        vec![p1, p2]
+    );
+    assert!(
+        tx.profiles_of_customer_id("crm", "0010034884")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        tx.profiles_of_customer_ids(&[("crm".into(), "c-1".into()), ("erp".into(), "x".into())])
+            .await
+            .unwrap(),
+        BTreeSet::from([p1])
+    );
+    let orders = tx.orders_of_customer("erp", "0010034884").await.unwrap();
+    let numbers: Vec<&str> = orders.iter().map(|o| o.order_number.as_str()).collect();
+    assert_eq!(numbers, ["o1", "o2"]);
+    assert!(
+        tx.orders_of_customer("erp", "c-1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let by_customer = tx
+        .orders_of_customers(&[
+            ("crm".into(), "c-1".into()),
+            ("erp".into(), "0010034884".into()),
+            ("erp".into(), "nobody".into()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(by_customer.len(), 2);
+    assert_eq!(
+        by_customer[&("crm".to_string(), "c-1".to_string())].len(),
+        1
+    );
+    assert_eq!(
+        tx.stored_order_customers(&[
+            source("erp", "orders", "o1"),
+            source("erp", "orders", "o3"),
+            source("erp", "customers", "0010034884"),
+            source("erp", "orders", "missing"),
+        ])
+        .await
+        .unwrap(),
+        HashMap::from([(source("erp", "orders", "o1"), "0010034884".to_string())])
+    );
+    assert!(tx.stored_order_customers(&[]).await.unwrap().is_empty());
+
+    // Standalone lines arrive before their order; "10" sorts after "9".
+    tx.upsert_records(
+        &[
+            line("501", "42", "10", "B"),
+            line("500", "42", "9", "A"),
+            line("502", "43", "1", "C"),
+        ],
+        1,
+    )
+    .await
+    .unwrap();
+    assert!(
+        tx.customers_of_orders(&[("odoo".into(), "42".into())])
+            .await
+            .unwrap()
+            .is_empty(),
+        "an order not stored yet has no customer"
+    );
+    let mut with_own_lines = order("odoo", "43", Some("7"));
+    with_own_lines.lines = vec![OrderLine {
+        sku: Some("OWN".to_string()),
+        ..OrderLine::default()
+    }];
+    tx.upsert_records(
+        &[
+            Record::Order(order("odoo", "42", Some("7"))),
+            Record::Order(with_own_lines),
+        ],
+        2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tx.customers_of_orders(&[("odoo".into(), "42".into()), ("odoo".into(), "43".into())])
+            .await
+            .unwrap(),
+        BTreeSet::from([("odoo".to_string(), "7".to_string())])
+    );
+    assert!(tx.customers_of_orders(&[]).await.unwrap().is_empty());
+    let orders = tx.orders_of_customer("odoo", "7").await.unwrap();
+    let skus: Vec<Vec<&str>> = orders
+        .iter()
+        .map(|o| o.lines.iter().map(|l| l.sku.as_deref().unwrap()).collect())
+        .collect();
+    assert_eq!(skus, [vec!["A", "B"], vec!["OWN"]]);
+    tx.commit().await.unwrap();
+
+    // The e-mail lookup folds case and follows links of customer records only.
+    assert_eq!(
+        store.profiles_by_email("ANNA@example.com").await.unwrap(),
+        vec![p1]
+    );
+    assert!(
+        store
+            .profiles_by_email("nobody@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn profiles_are_versioned_retired_and_fed_to_the_outbox(backend: &Backend) {
+    let store = backend.store();
+    let (retired, survivor) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.latest_profile(survivor).await.unwrap(), None);
+    tx.write_profile(
+        &profile(retired, 1, "Old"),
+        "h-r1",
+        "customer.profile.created",
+        "{\"e\":1}",
+    )
+    .await
+    .unwrap();
+    tx.write_profiles(&[
+        write(profile(survivor, 1, "Anna"), "customer.profile.created"),
+        write(
+            profile(Uuid::from_u128(3), 1, "Otto"),
+            "customer.profile.created",
+        ),
+    ])
+    .await
+    .unwrap();
+    tx.write_profiles(&[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.retire_profile(retired, survivor).await.unwrap();
+    let error = tx.retire_profile(survivor, survivor).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("store: cannot retire profile {survivor} into itself")
+    );
+    tx.write_profile(
+        &profile(survivor, 2, "Anna B."),
+        "h-s2",
+        "customer.profile.merged",
+        "{}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tx.latest_profile(survivor).await.unwrap(),
+        Some((2, "h-s2".to_string()))
+    );
+    assert_eq!(
+        tx.latest_profiles(&[survivor, Uuid::from_u128(9), retired])
+            .await
+            .unwrap(),
+        HashMap::from([
+            (survivor, (2, "h-s2".to_string())),
+            (retired, (1, "h-r1".to_string()))
+        ])
+    );
+    tx.commit().await.unwrap();
+
+    // A retired id resolves to its survivor's latest version.
+    assert_eq!(
+        store.profile(retired).await.unwrap(),
+        Some(profile(survivor, 2, "Anna B."))
+    );
+    assert_eq!(store.profile(Uuid::from_u128(9)).await.unwrap(), None);
+
+    let events = store.pending_events(10).await.unwrap();
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            format!("{retired}:1"),
+            format!("{survivor}:1"),
+            format!("{}:1", Uuid::from_u128(3)),
+            format!("{survivor}:2"),
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(events[0].body, "{\"e\":1}");
+    assert_eq!(events[3].event_type, "customer.profile.merged");
+    assert_eq!(store.pending_count().await.unwrap(), 4);
+    store
+        .mark_delivered(&[events[0].seq, events[1].seq])
+        .await
+        .unwrap();
+    store.mark_delivered(&[]).await.unwrap();
+    assert_eq!(store.pending_count().await.unwrap(), 2);
+    let rest = store.pending_events(1).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].seq, events[2].seq);
+    store
+        .mark_delivered(&[events[2].seq, events[3].seq, events[0].seq])
+        .await
+        .unwrap();
+    assert_eq!(store.pending_count().await.unwrap(), 0);
+    assert!(store.pending_events(10).await.unwrap().is_empty());
+
+    // Two versions of one profile in one call are written in order, events too.
+    let twice = Uuid::from_u128(4);
+    let mut tx = store.begin().await.unwrap();
+    tx.write_profiles(&[
+        write(profile(twice, 1, "Eva"), "customer.profile.created"),
+        write(profile(twice, 2, "Eva L."), "customer.profile.updated"),
+        write(
+            profile(Uuid::from_u128(5), 1, "Ute"),
+            "customer.profile.created",
+        ),
+    ])
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        store.profile(twice).await.unwrap(),
+        Some(profile(twice, 2, "Eva L."))
+    );
+    let events = store.pending_events(10).await.unwrap();
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            format!("{twice}:1"),
+            format!("{twice}:2"),
+            format!("{}:1", Uuid::from_u128(5))
+        ]
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    store.mark_delivered(&seqs).await.unwrap();
+
+    // A retirement cycle is reported, not followed forever.
+    let mut tx = store.begin().await.unwrap();
+    tx.retire_profile(survivor, retired).await.unwrap();
+    tx.commit().await.unwrap();
+    let error = store.profile(retired).await.unwrap_err();
+    assert!(
+        error.to_string().contains("is retired in a cycle"),
+        "{error}"
+    );
+}
+
+async fn stale_profile_versions_are_refused(backend: &Backend) {
+    let store = backend.store();
+    let id = Uuid::from_u128(7);
+    let mut tx = store.begin().await.unwrap();
+    tx.write_profiles(&[write(profile(id, 2, "Anna"), "customer.profile.created")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    let error = tx
+        .write_profile(
+            &profile(id, 2, "Again"),
+            "h",
+            "customer.profile.updated",
+            "{}",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("store: profile {id}: version 2 is not newer than the stored latest version")
+    );
+    let error = tx
+        .write_profiles(&[
+            write(
+                profile(Uuid::from_u128(8), 1, "Otto"),
+                "customer.profile.created",
+            ),
+            write(profile(id, 1, "Older"), "customer.profile.updated"),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("1 of 2 profile versions are not newer"),
+        "{error}"
+    );
+    drop(tx);
+    assert_eq!(store.pending_count().await.unwrap(), 1);
+    assert_eq!(store.profile(Uuid::from_u128(8)).await.unwrap(), None);
+    assert_eq!(
+        store.profile(id).await.unwrap(),
+        Some(profile(id, 2, "Anna"))
+    );
+}
+
+async fn identity_review_decisions_and_the_relink_queue(backend: &Backend) {
+    let store = backend.store();
+    let (a, b, c) = (
+        source("crm", "contacts", "1"),
+        source("erp", "customers", "2"),
+        source("shop", "customers", "3"),
+    );
+    let pair = |x: &SourceRef, y: &SourceRef, weight: f64| PossibleMatch {
+        a: x.clone(),
+        b: y.clone(),
+        weight,
+        detail: format!("{{\"name\":\"{weight}\"}}"),
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.replace_possible_matches(
+        &[],
+        &[pair(&a, &b, 0.6), pair(&a, &c, 0.7), pair(&b, &c, 0.55)],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let pending = store.possible_matches(Some("pending"), 10).await.unwrap();
+    assert_eq!(pending.len(), 3);
+    assert_eq!(pending[0].pair, pair(&a, &b, 0.6));
+    assert_eq!(pending[0].status, "pending");
+    assert!(pending[0].id < pending[1].id);
+    assert_eq!(store.possible_matches(None, 2).await.unwrap().len(), 2);
+    assert!(
+        store
+            .possible_matches(Some("accepted"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ab = store.possible_match(pending[0].id).await.unwrap().unwrap();
+    assert_eq!(ab.pair, pair(&a, &b, 0.6));
+    assert_eq!(store.possible_match(999_999).await.unwrap(), None);
+
+    // A person accepts a–b: the decision is stored and both records are queued.
+    let decided = store
+        .decide_possible_match(ab.id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(decided.pair, ab.pair);
+    assert_eq!(
+        store.decide_possible_match(999_999, false).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.possible_match(ab.id).await.unwrap().unwrap().status,
+        "accepted"
+    );
+
+    let mut tx = store.begin().await.unwrap();
+    // A decision settles the pair's pending review.
+    tx.set_decision(&IdentityDecision::new(c.clone(), a.clone(), false))
+        .await
+        .unwrap();
+    // Rescoring replaces the pending pairs within the scope; decided pairs keep their state.
+    tx.replace_possible_matches(
+        &[a.clone(), b.clone(), c.clone()],
+        &[pair(&a, &b, 0.9), pair(&b, &c, 0.65)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tx.decisions_touching(&[a.clone(), a.clone()])
+            .await
+            .unwrap(),
+        vec![
+            IdentityDecision::new(a.clone(), b.clone(), true),
+            IdentityDecision::new(a.clone(), c.clone(), false),
+        ]
+    );
+    assert_eq!(
+        tx.decisions_touching(std::slice::from_ref(&b))
+            .await
+            .unwrap(),
+        vec![IdentityDecision::new(a.clone(), b.clone(), true)]
+    );
+    assert!(tx.decisions_touching(&[]).await.unwrap().is_empty());
+    tx.queue_relink(&[c.clone(), c.clone()]).await.unwrap();
+    tx.queue_relink(&[]).await.unwrap();
+    let taken = tx.take_relink(2).await.unwrap();
+    assert_eq!(taken, vec![a.clone(), b.clone()]);
+    tx.commit().await.unwrap();
+
+    let rows = store.possible_matches(None, 10).await.unwrap();
+    let states: Vec<(SourceRef, SourceRef, f64, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.pair.a.clone(),
+                r.pair.b.clone(),
+                r.pair.weight,
+                r.status.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (a.clone(), b.clone(), 0.6, "accepted"),
+            (a.clone(), c.clone(), 0.7, "rejected"),
+            (b.clone(), c.clone(), 0.65, "pending"),
+        ]
+    );
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.take_relink(10).await.unwrap(), vec![c.clone()]);
+    drop(tx);
+    // Taking rolls back with its batch.
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.take_relink(10).await.unwrap(), vec![c.clone()]);
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.take_relink(10).await.unwrap().is_empty());
+}
+
+async fn the_match_model_is_stored_once(backend: &Backend) {
+    let store = backend.store();
+    assert_eq!(store.match_model().await.unwrap(), None);
+    let mut tx = store.begin().await.unwrap();
+    tx.set_match_model("{\"v\":1}").await.unwrap();
+    tx.set_match_model("{\"v\":2}").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        store.match_model().await.unwrap().as_deref(),
+        Some("{\"v\":2}")
+    );
+}
+
+async fn batch_methods_take_thousands_of_items(backend: &Backend) {
+    let store = backend.store();
+    let n = 12_000;
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record::Customer(customer("shop", "customers", &format!("k{i}"), &[])))
+        .collect();
+    let refs: Vec<SourceRef> = records.iter().map(|r| r.source().clone()).collect();
+    let profile_id = Uuid::from_u128(1);
+    let mut tx = store.begin().await.unwrap();
+    let outcomes = tx.upsert_records(&records, 1).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == Upsert::Inserted));
+    let keys: Vec<(SourceRef, Vec<String>)> = refs
+        .iter()
+        .map(|r| (r.clone(), vec![format!("email:{}@x", r.source_id)]))
+        .collect();
+    tx.set_match_keys_many(&keys).await.unwrap();
+    let links: Vec<(SourceRef, Uuid)> = refs.iter().map(|r| (r.clone(), profile_id)).collect();
+    tx.set_links(&links).await.unwrap();
+    let found = tx.keys_and_links(&refs).await.unwrap();
+    assert_eq!(found.len(), n);
+    assert_eq!(
+        found[n - 1],
+        (vec![format!("email:k{}@x", n - 1)], Some(profile_id))
+    );
+    assert_eq!(tx.customers_by_refs(&refs).await.unwrap().len(), n);
+    assert_eq!(tx.customers_of(profile_id).await.unwrap().len(), n);
+    let writes: Vec<ProfileWrite> = (0..5000u128)
+        .map(|i| {
+            write(
+                profile(Uuid::from_u128(1000 + i), 1, "P"),
+                "customer.profile.created",
+            )
+        })
+        .collect();
+    tx.write_profiles(&writes).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.pending_count().await.unwrap(), 5000);
+    let events = store.pending_events(10_000).await.unwrap();
+    assert_eq!(events.len(), 5000);
+    assert_eq!(
+        events[4999].event_id,
+        format!("{}:1", Uuid::from_u128(5999))
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    store.mark_delivered(&seqs).await.unwrap();
+    assert_eq!(store.pending_count().await.unwrap(), 0);
+}
+
+async fn job_leases_are_granted_on_every_backend(backend: &Backend) {
+    let store = backend.store();
+    let fire = Timestamp::now();
+    let ttl = Duration::from_secs(30);
+    assert!(
+        store
+            .acquire_job_lease("nightly", "a", fire, ttl)
+            .await
+            .unwrap()
+    );
+    assert!(store.renew_job_lease("nightly", "a", ttl).await.unwrap());
+    store.release_job_lease("nightly", "a").await.unwrap();
+    let next = fire
+        .checked_add(jiff::SignedDuration::from_secs(60))
+        .unwrap();
+    assert!(
+        store
+            .acquire_job_lease("nightly", "b", next, ttl)
+            .await
+            .unwrap()
+    );
+}
+
+/// Two PostgreSQL handles on one fresh schema, or `None` when PostgreSQL is unreachable.
+async fn two_postgres_handles() -> Option<(Backend, Arc<dyn Store>)> {
+    let backend = Backend::postgres().await?;
+    let other = backend.reopen().await;
+    Some((backend, other))
+}
+
+async fn fill_outbox(store: &dyn Store, count: u128) {
+    let mut tx = store.begin().await.unwrap();
+    let writes: Vec<ProfileWrite> = (1..=count)
+        .map(|i| {
+            write(
+                profile(Uuid::from_u128(i), 1, "P"),
+                "customer.profile.created",
+            )
+        })
+        .collect();
+    tx.write_profiles(&writes).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_relays_claim_disjoint_outbox_rows_and_keep_their_own_claims() {
+    let Some((backend, other)) = two_postgres_handles().await else {
+        return;
+    };
+    let (first, second) = (backend.store(), other.as_ref());
+    fill_outbox(first, 5).await;
+    let mine = first.pending_events(3).await.unwrap();
+    assert_eq!(mine.len(), 3);
+    let theirs = second.pending_events(10).await.unwrap();
+    assert_eq!(
+        theirs.len(),
+        2,
+        "rows claimed by the first relay are skipped"
+    );
+    let mine_seqs: BTreeSet<i64> = mine.iter().map(|e| e.seq).collect();
+    assert!(theirs.iter().all(|e| !mine_seqs.contains(&e.seq)));
+    // Rows another relay delivers are not pending for this one; its own claims are.
+    assert_eq!(first.pending_count().await.unwrap(), 3);
+    assert_eq!(second.pending_count().await.unwrap(), 2);
+    // A relay re-reads its own unconfirmed claims (a retry), in order.
+    let again = first.pending_events(10).await.unwrap();
+    assert_eq!(again, mine);
+    first
+        .mark_delivered(&mine_seqs.iter().copied().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = theirs.iter().map(|e| e.seq).collect();
+    second.mark_delivered(&seqs).await.unwrap();
+    assert!(first.pending_events(10).await.unwrap().is_empty());
+    assert_eq!(first.pending_count().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_of_a_dead_relay_are_taken_over_after_they_expire() {
+    let Some((backend, other)) = two_postgres_handles().await else {
+        return;
+    };
+    let (first, second) = (backend.store(), other.as_ref());
+    fill_outbox(first, 2).await;
+    assert_eq!(first.pending_events(10).await.unwrap().len(), 2);
+    assert!(second.pending_events(10).await.unwrap().is_empty());
+    // The first relay dies; its claims run out (moved into the past here, not waited for).
+    let Place::Postgres { url, schema } = &backend.place else {
+        unreachable!()
+    };
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{schema}\".outbox SET claimed_until = now() - interval '1 second'"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let taken = second.pending_events(10).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    assert!(first.pending_events(10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_relay_that_stops_releases_its_claims_at_once() {
+    let Some((backend, other)) = two_postgres_handles().await else {
+        return;
+    };
+    let (first, second) = (backend.store(), other.as_ref());
+    fill_outbox(first, 3).await;
+    let claimed = first.pending_events(2).await.unwrap();
+    first.mark_delivered(&[claimed[0].seq]).await.unwrap();
+    assert_eq!(second.pending_events(10).await.unwrap().len(), 1);
+    second.release_claims().await.unwrap();
+    // The first relay gives up (its sink failed past the budget): its undelivered claim is
+    // free again, and the delivered row stays delivered.
+    first.release_claims().await.unwrap();
+    assert_eq!(second.pending_count().await.unwrap(), 2);
+    let rest = second.pending_events(10).await.unwrap();
+    let seqs: Vec<i64> = rest.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [claimed[1].seq, claimed[1].seq + 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_relays_never_receive_the_same_row() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    fill_outbox(backend.store(), 300).await;
+    let mut relays = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let store = backend.reopen().await;
+        relays.spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store.pending_events(7).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
+                store.mark_delivered(&seqs).await.unwrap();
+                got.extend(seqs);
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(got) = relays.join_next().await {
+        all.extend(got.unwrap());
+    }
+    let distinct: BTreeSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 300, "every row delivered once");
+    assert_eq!(distinct.len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_job_leases_run_each_fire_time_once_and_are_taken_over_when_expired() {
+    let Some((backend, other)) = two_postgres_handles().await else {
+        return;
+    };
+    let (a, b) = (backend.store(), other.as_ref());
+    let ttl = Duration::from_secs(30);
+    let t1 = Timestamp::now();
+    let t2 = t1.checked_add(jiff::SignedDuration::from_secs(5)).unwrap();
+    let t3 = t2.checked_add(jiff::SignedDuration::from_secs(5)).unwrap();
+    assert!(a.acquire_job_lease("sync", "A", t1, ttl).await.unwrap());
+    // A live lease excludes another holder, for this and later fire times.
+    assert!(!b.acquire_job_lease("sync", "B", t1, ttl).await.unwrap());
+    assert!(!b.acquire_job_lease("sync", "B", t2, ttl).await.unwrap());
+    // Another job is independent.
+    assert!(b.acquire_job_lease("other", "B", t1, ttl).await.unwrap());
+    assert!(a.renew_job_lease("sync", "A", ttl).await.unwrap());
+    assert!(!b.renew_job_lease("sync", "B", ttl).await.unwrap());
+    a.release_job_lease("sync", "A").await.unwrap();
+    // Released: a fire time already run is not run again, a later one is.
+    assert!(!b.acquire_job_lease("sync", "B", t1, ttl).await.unwrap());
+    assert!(b.acquire_job_lease("sync", "B", t2, ttl).await.unwrap());
+    // B dies holding the lease: once it expires, A takes over the next fire time.
+    assert!(!a.acquire_job_lease("sync", "A", t3, ttl).await.unwrap());
+    assert!(
+        b.renew_job_lease("sync", "B", Duration::from_millis(50))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(a.acquire_job_lease("sync", "A", t3, ttl).await.unwrap());
+    assert!(
+        !b.renew_job_lease("sync", "B", ttl).await.unwrap(),
+        "B lost its lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_racing_replicas_take_one_fire_time_once() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    let fire = Timestamp::now();
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let store = backend.reopen().await;
+        racers.spawn(async move {
+            store
+                .acquire_job_lease(
+                    "sync",
+                    &format!("replica-{i}"),
+                    fire,
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap()
+        });
+    }
+    let mut granted = 0;
+    while let Some(won) = racers.join_next().await {
+        granted += usize::from(won.unwrap());
+    }
+    assert_eq!(granted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrations_run_once_and_reopening_keeps_the_data() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    let mut tx = backend.store().begin().await.unwrap();
+    tx.set_cursor("c", "s", "1").await.unwrap();
+    tx.commit().await.unwrap();
+    let again = backend.reopen().await;
+    assert_eq!(again.cursor("c", "s").await.unwrap().as_deref(), Some("1"));
+    let Place::Postgres { url, schema } = &backend.place else {
+        unreachable!()
+    };
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let applied: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM \"{schema}\"._sqlx_migrations"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let shipped =
+        std::fs::read_dir(crate::common::repo_root().join("src/store/migrations/postgres"))
+            .unwrap()
+            .count();
+    assert_eq!(applied as usize, shipped);
+}
