@@ -178,7 +178,11 @@ fn generate(root: &Path, customers: u64, seed: u64) -> Sizes {
         let count = (1 + rng.below(5)).min(lines_left);
         lines_left -= count;
         line.clear();
-        let status = if order.is_multiple_of(7) { "open" } else { "fulfilled" };
+        let status = if order.is_multiple_of(7) {
+            "open"
+        } else {
+            "fulfilled"
+        };
         write!(
             line,
             "{{\"id\":\"O{order}\",\"partner\":\"P{}\",\"date\":\"2025-{:02}-{:02}T10:00:00Z\",\"state\":\"{status}\",\"currency\":\"EUR\",\"lines\":[",

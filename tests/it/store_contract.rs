@@ -128,6 +128,9 @@ contract!(
     the_match_model_is_stored_once,
     batch_methods_take_thousands_of_items,
     job_leases_are_granted_on_every_backend,
+    open_orders_with_skus_finds_embedded_and_standalone_lines_of_open_orders_only,
+    sku_records_returns_stock_supplier_items_and_products_of_the_skus,
+    profile_metric_rows_and_bodies_cover_live_profiles_only,
 );
 
 fn source(system: &str, stream: &str, source_id: &str) -> SourceRef {
@@ -1286,4 +1289,164 @@ async fn postgres_migrations_run_once_and_reopening_keeps_the_data() {
             .unwrap()
             .count();
     assert_eq!(applied as usize, shipped);
+}
+
+async fn open_orders_with_skus_finds_embedded_and_standalone_lines_of_open_orders_only(
+    backend: &Backend,
+) {
+    let store = backend.store();
+    let with_lines = |id: &str, status: conflux::model::OrderStatus, skus: &[&str]| {
+        let mut o = order("erp", id, Some("c"));
+        o.status = status;
+        o.lines = skus
+            .iter()
+            .map(|sku| OrderLine {
+                sku: Some(sku.to_string()),
+                ..OrderLine::default()
+            })
+            .collect();
+        Record::Order(o)
+    };
+    use conflux::model::OrderStatus::{Fulfilled, Open, PartiallyFulfilled};
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_records(
+        &[
+            with_lines("1", Open, &["A", "B"]),
+            with_lines("2", PartiallyFulfilled, &["B"]),
+            with_lines("3", Fulfilled, &["A"]),
+            with_lines("4", Open, &["C"]),
+            // Order 5 has no lines of its own; its standalone line is on A.
+            with_lines("5", Open, &[]),
+            Record::OrderLine(OrderLineItem {
+                source: source("erp", "lines", "5-1"),
+                order_id: "5".into(),
+                line: OrderLine {
+                    sku: Some("A".into()),
+                    ..OrderLine::default()
+                },
+            }),
+        ],
+        1,
+    )
+    .await
+    .unwrap();
+    let ids = |orders: Vec<Order>| -> Vec<String> {
+        orders.into_iter().map(|o| o.source.source_id).collect()
+    };
+    let found = tx.open_orders_with_skus(&["A".into()]).await.unwrap();
+    assert_eq!(found[1].lines.len(), 1, "standalone lines are attached");
+    assert_eq!(ids(found), ["1", "5"]);
+    assert_eq!(
+        ids(tx
+            .open_orders_with_skus(&["B".into(), "C".into()])
+            .await
+            .unwrap()),
+        ["1", "2", "4"]
+    );
+    assert!(tx.open_orders_with_skus(&[]).await.unwrap().is_empty());
+    assert!(
+        tx.open_orders_with_skus(&["Z".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn sku_records_returns_stock_supplier_items_and_products_of_the_skus(backend: &Backend) {
+    let store = backend.store();
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_records(
+        &[
+            Record::Inventory(conflux::model::Inventory {
+                source: source("wms", "stock", "A@MUC"),
+                sku: "A".into(),
+                ..Default::default()
+            }),
+            Record::Inventory(conflux::model::Inventory {
+                source: source("wms", "stock", "B@MUC"),
+                sku: "B".into(),
+                ..Default::default()
+            }),
+            Record::SupplierItem(conflux::model::SupplierItem {
+                source: source("buy", "items", "S1-A"),
+                supplier_id: "S1".into(),
+                sku: "A".into(),
+                lead_time_days: Some(7),
+                ..Default::default()
+            }),
+            Record::Product(conflux::model::Product {
+                source: source("erp", "products", "A"),
+                sku: "A".into(),
+                category: Some("Pumps".into()),
+                ..Default::default()
+            }),
+            Record::Customer(customer("erp", "customers", "A", &[])),
+        ],
+        1,
+    )
+    .await
+    .unwrap();
+    let found: Vec<String> = tx
+        .sku_records(&["A".into(), "A".into()])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r.kind(), r.source()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "supplier_item buy/items/S1-A",
+            "product erp/products/A",
+            "inventory wms/stock/A@MUC",
+        ]
+    );
+    assert!(tx.sku_records(&[]).await.unwrap().is_empty());
+}
+
+async fn profile_metric_rows_and_bodies_cover_live_profiles_only(backend: &Backend) {
+    let store = backend.store();
+    let (live, retired, unlinked) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+    let mut tx = store.begin().await.unwrap();
+    let mut p = profile(live, 1, "Live");
+    p.metrics.order_count = 3;
+    p.metrics.lifetime_value.amount = Decimal::new(12345, 2);
+    p.metrics.last_order_at = Some("2026-01-02T03:04:05Z".parse().unwrap());
+    p.segment.lifecycle = conflux::model::profile::Lifecycle::Repeat;
+    for (profile, name) in [(&p, "live"), (&profile(retired, 1, "Old"), "old")] {
+        tx.write_profile(profile, name, "customer.profile.created", "{}")
+            .await
+            .unwrap();
+    }
+    tx.write_profile(
+        &profile(unlinked, 1, "Nobody"),
+        "n",
+        "customer.profile.created",
+        "{}",
+    )
+    .await
+    .unwrap();
+    tx.set_links(&[
+        (source("erp", "customers", "1"), live),
+        (source("erp", "customers", "2"), retired),
+    ])
+    .await
+    .unwrap();
+    tx.retire_profile(retired, live).await.unwrap();
+
+    let rows = tx.profile_metric_rows().await.unwrap();
+    assert_eq!(rows.len(), 1, "retired and unlinked profiles are left out");
+    assert_eq!(rows[0].profile_id, live);
+    assert_eq!(rows[0].order_count, 3);
+    assert_eq!(rows[0].lifetime_value, Decimal::new(12345, 2));
+    assert_eq!(rows[0].last_order_at, p.metrics.last_order_at);
+    assert_eq!(rows[0].first_order_at, None);
+    assert_eq!(rows[0].segment, p.segment);
+
+    let bodies = tx
+        .latest_profile_bodies(&[live, Uuid::from_u128(9)])
+        .await
+        .unwrap();
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[&live], p);
 }
