@@ -95,17 +95,42 @@ fn writer(path: &Path) -> BufWriter<std::fs::File> {
     BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap())
 }
 
+const SYLLABLES: [&str; 40] = [
+    "ber", "bach", "brun", "dorf", "eck", "feld", "gart", "hag", "holz", "horn", "kamp", "kirch",
+    "lind", "mann", "mer", "moos", "ner", "ost", "pohl", "rath", "reit", "ried", "ross", "sand",
+    "sch", "see", "stein", "tal", "thal", "vogt", "wald", "wart", "weg", "wer", "wies", "wind",
+    "wolf", "zell", "zimm", "burg",
+];
+
+/// A person with realistic name diversity: 16 common given names times a few hundred more,
+/// common family names plus 1600 rarer ones, and about 9000 postcodes.
 fn person(rng: &mut Rng, i: u64) -> (String, String, String, String) {
-    let given = GIVEN[rng.below(16) as usize];
-    let family = FAMILY[rng.below(16) as usize];
-    let (postcode, city) = CITIES[rng.below(8) as usize];
-    let street = format!("Weg {} Nr {}", i % 997, 1 + rng.below(120));
-    (
-        given.to_string(),
-        family.to_string(),
-        street,
-        format!("{postcode},{city}"),
-    )
+    let given = if rng.below(4) == 0 {
+        GIVEN[rng.below(16) as usize].to_string()
+    } else {
+        let a = SYLLABLES[rng.below(40) as usize];
+        let b = SYLLABLES[rng.below(40) as usize];
+        let mut name = format!("{a}{b}a");
+        name[..1].make_ascii_uppercase();
+        name
+    };
+    let family = if rng.below(5) == 0 {
+        FAMILY[rng.below(16) as usize].to_string()
+    } else {
+        let a = SYLLABLES[rng.below(40) as usize];
+        let b = SYLLABLES[rng.below(40) as usize];
+        let mut name = format!("{a}{b}");
+        name[..1].make_ascii_uppercase();
+        name
+    };
+    let (_, city) = CITIES[rng.below(8) as usize];
+    let postcode = format!("{:05}", 1_000 + rng.below(98_000));
+    let street = format!(
+        "{}straße {}",
+        SYLLABLES[(i % 40) as usize],
+        1 + rng.below(120)
+    );
+    (given, family, street, format!("{postcode},{city}"))
 }
 
 fn crm_row(rng: &mut Rng, i: u64, phone_suffix: u64) -> String {
