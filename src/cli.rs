@@ -107,6 +107,51 @@ pub enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// Writes synthetic labelled data with a ready deployment (needs no config).
+    Generate {
+        #[command(subcommand)]
+        command: GenerateCommand,
+    },
+    /// Measures and tunes identity resolution.
+    Identities {
+        #[command(subcommand)]
+        command: IdentitiesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Synthetic customers over three source systems, `truth.csv` and a deployment under
+    /// `config/`, `connectors/`, `mappings/` of the output directory.
+    Customers {
+        /// Records to write (over all systems).
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Extra records of the same customers written under `delta/`.
+        #[arg(long, default_value_t = 0)]
+        delta: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentitiesCommand {
+    /// Pairwise precision, recall and F1 of the stored identities against a truth file
+    /// (`system,stream,source_id,entity_id,household_id`), household merges and the worst
+    /// errors. Exit code 0 whatever the numbers.
+    Evaluate {
+        #[arg(long)]
+        truth: PathBuf,
+        /// Examples of each kind of error to print.
+        #[arg(long, default_value_t = 5)]
+        examples: usize,
+    },
+    /// Estimates the match model (u from random pairs, m by EM per blocking rule) from the
+    /// stored customers and stores it; the next runs use it.
+    Train,
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +208,18 @@ fn init_logging() {
 
 /// Runs one parsed command; returns the exit code.
 pub async fn execute(cli: Cli) -> u8 {
+    if let Command::Generate {
+        command:
+            GenerateCommand::Customers {
+                count,
+                seed,
+                delta,
+                out,
+            },
+    } = &cli.command
+    {
+        return generate_customers(out, *count, *seed, *delta);
+    }
     let config = match config::load(&cli.config) {
         Ok(config) => config,
         Err(diagnostics) => {
@@ -201,6 +258,13 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Quarantine {
             command: QuarantineCommand::List { limit },
         } => list_quarantine(&config, limit).await,
+        Command::Generate { .. } => EXIT_OK,
+        Command::Identities {
+            command: IdentitiesCommand::Evaluate { truth, examples },
+        } => evaluate_identities(&config, &truth, examples).await,
+        Command::Identities {
+            command: IdentitiesCommand::Train,
+        } => train_model(&config).await,
     }
 }
 
@@ -636,6 +700,71 @@ async fn list_quarantine(config: &Config, limit: i64) -> u8 {
                 );
             }
             println_redacted!("{} quarantined records shown", rows.len());
+            EXIT_OK
+        }
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+fn generate_customers(out: &Path, count: usize, seed: u64, delta: usize) -> u8 {
+    let settings = crate::generate::GenerateSettings { count, seed, delta };
+    match crate::generate::generate_customers(out, &settings) {
+        Ok(summary) => {
+            println!("{}: {summary}", out.display());
+            println!(
+                "run it: conflux run --config {}",
+                out.join("config/customers.toml").display()
+            );
+            EXIT_OK
+        }
+        Err(error) => {
+            eprintln!("error: {}: {error}", out.display());
+            EXIT_RUNTIME
+        }
+    }
+}
+
+async fn evaluate_identities(config: &Config, truth: &Path, examples: usize) -> u8 {
+    let truth = match crate::evaluate::Truth::read(truth) {
+        Ok(truth) => truth,
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            return EXIT_INVALID;
+        }
+    };
+    let store = match pipeline::open_store(config).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            return EXIT_RUNTIME;
+        }
+    };
+    match crate::evaluate::evaluate_store(store.as_ref(), &truth, examples).await {
+        Ok(evaluation) => {
+            print!("{evaluation}");
+            EXIT_OK
+        }
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+async fn train_model(config: &Config) -> u8 {
+    let store = match pipeline::open_store(config).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            return EXIT_RUNTIME;
+        }
+    };
+    match pipeline::train(config, store.as_ref()).await {
+        Ok(report) => {
+            println_redacted!("{report}");
             EXIT_OK
         }
         Err(error) => {

@@ -236,6 +236,87 @@ pub fn match_all(
     })
 }
 
+/// What [`estimate_model`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainReport {
+    pub records: usize,
+    pub candidate_pairs: u64,
+    pub model: MatchModel,
+}
+
+impl std::fmt::Display for TrainReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "match model estimated from {} records ({} candidate pairs); prior {:.5}",
+            self.records, self.candidate_pairs, self.model.prior
+        )?;
+        let weights = self.model.weights();
+        for field in scoring::Field::ALL {
+            let levels: Vec<String> = field
+                .levels()
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let level = i + 1;
+                    format!(
+                        "{name} m={:.4} u={:.5} w={:+.1}",
+                        self.model.m[field as usize][level],
+                        self.model.u[field as usize][level],
+                        weights.level_weight(field, level as u8)
+                    )
+                })
+                .collect();
+            writeln!(f, "  {:<10} {}", field.as_str(), levels.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Estimates the match model from `customers` under `settings` (u from random pairs, m and
+/// the prior by EM on the blocked candidate pairs), without matching. Overrides are applied
+/// last.
+pub fn estimate_model(
+    customers: &[Customer],
+    settings: &MatchSettings,
+) -> Result<TrainReport, Vec<OverrideError>> {
+    let threads = parallel::threads(settings.threads);
+    let mut order: Vec<usize> = (0..customers.len()).collect();
+    order.sort_by(|&a, &b| customers[a].source.cmp(&customers[b].source));
+    let preparer = Preparer::new(&settings.normalise);
+    let prepared: Vec<Prepared> = parallel::map_chunks(order.len(), threads, |range| {
+        range
+            .map(|i| preparer.prepare(&customers[order[i]]))
+            .collect()
+    });
+    let (pairs, report) = blocking::candidate_pairs_with_threads(
+        &prepared,
+        &settings.blocking,
+        settings.max_block_size,
+        threads,
+    );
+    let comparisons: Vec<Comparison> = parallel::map_chunks(pairs.len(), threads, |range| {
+        range
+            .map(|k| {
+                let (i, j) = pairs[k];
+                scoring::compare(&prepared[i as usize], &prepared[j as usize])
+            })
+            .collect()
+    });
+    let mut model = settings.model.clone();
+    if let Some(u) = scoring::estimate_u(&prepared, settings.u_samples, settings.seed) {
+        model.u = u;
+    }
+    model.apply(&settings.overrides)?;
+    model = scoring::estimate_m(&model, &comparisons, settings.em_iterations).0;
+    model.apply(&settings.overrides)?;
+    Ok(TrainReport {
+        records: prepared.len(),
+        candidate_pairs: report.total_pairs,
+        model,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -421,12 +421,21 @@ fn compare_identifiers(a: &[(Box<str>, Box<str>)], b: &[(Box<str>, Box<str>)]) -
     if common_scheme { 2 } else { 0 }
 }
 
+/// The built-in name cap: with the built-in prior, a pair that agrees only on names lands in
+/// the review band, below the match threshold.
+fn default_name_cap() -> f64 {
+    7.0
+}
+
 /// m and u per field and level (index 0 unused), the prior share of matches among
 /// candidate pairs, and the co-location cap (see the module header).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MatchModel {
     pub prior: f64,
     pub colocation_cap: f64,
+    /// Bits that agreeing names (and town) may contribute without more specific evidence.
+    #[serde(default = "default_name_cap")]
+    pub name_cap: f64,
     pub m: [[f64; LEVEL_SLOTS]; FIELD_COUNT],
     pub u: [[f64; LEVEL_SLOTS]; FIELD_COUNT],
 }
@@ -439,6 +448,7 @@ impl Default for MatchModel {
         let mut model = MatchModel {
             prior: 0.02,
             colocation_cap: 6.0,
+            name_cap: default_name_cap(),
             m: [[0.0; LEVEL_SLOTS]; FIELD_COUNT],
             u: [[0.0; LEVEL_SLOTS]; FIELD_COUNT],
         };
@@ -487,36 +497,78 @@ const NAME_FIELDS: [Field; 3] = [Field::Given, Field::Family, Field::Company];
 /// Fields that members of one household or one office share.
 const COLOCATION_FIELDS: [Field; 3] = [Field::Family, Field::Address, Field::Phone];
 
+/// Whether field `f` agrees at one of its first `upto` levels (the agreeing ones).
+fn agrees(c: &Comparison, f: Field, upto: u8) -> bool {
+    (1..=upto).contains(&c[f as usize])
+}
+
+/// Evidence about *who* the customer is, beyond a shared family name and place: the given
+/// name (not just its initial), the birth date, an e-mail address, an identifier or the
+/// company name agree.
+fn personal_evidence(c: &Comparison) -> bool {
+    agrees(c, Field::Given, 3)
+        || agrees(c, Field::BirthDate, 2)
+        || agrees(c, Field::Email, 2)
+        || agrees(c, Field::Identifier, 1)
+        || agrees(c, Field::Company, 2)
+}
+
+/// Evidence more specific than a name and a town: the street address, a phone number, an
+/// e-mail address, the birth date or an identifier agree.
+fn specific_evidence(c: &Comparison) -> bool {
+    agrees(c, Field::Address, 2)
+        || agrees(c, Field::Phone, 2)
+        || agrees(c, Field::Email, 2)
+        || agrees(c, Field::BirthDate, 2)
+        || agrees(c, Field::Identifier, 1)
+}
+
 /// log2(m/u) per field and level, precomputed from a [`MatchModel`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightTable {
     weights: [[f64; LEVEL_SLOTS]; FIELD_COUNT],
     prior_weight: f64,
     colocation_cap: f64,
+    name_cap: f64,
 }
 
 impl WeightTable {
     pub fn weight(&self, c: &Comparison) -> f64 {
-        // Shared place evidence (family name, address, landline) counts only up to the cap
-        // when an identity field disagrees, and also when no name can be compared at all (a
-        // person against a company, or records without names): an address alone never makes
-        // two records one customer.
+        // Shared place evidence (family name, address, landline) counts only up to the
+        // co-location cap unless something says who the customer is (a household shares
+        // surname, address and landline; "T. Müller" at that address may be any of them),
+        // and always when an identity field disagrees or no name can be compared at all (a
+        // person against a company): an address alone never makes two records one customer.
         let no_name = NAME_FIELDS.iter().all(|&f| c[f as usize] == 0);
         let identity_conflict = no_name
             || IDENTITY_FIELDS
                 .iter()
                 .any(|&f| c[f as usize] == f.different());
+        let colocated_only = identity_conflict || !personal_evidence(c);
+        // Names (and the town) alone count only up to the name cap: many people share a
+        // common name, so "Thomas Müller" in two records is a possible match, not a link.
+        let names_only = !specific_evidence(c);
         let mut total = 0.0;
         let mut colocation = 0.0;
+        let mut names = 0.0;
         for field in Field::ALL {
             let w = self.weights[field as usize][c[field as usize] as usize];
-            if identity_conflict && COLOCATION_FIELDS.contains(&field) && w > 0.0 {
+            if w <= 0.0 {
+                total += w;
+            } else if colocated_only && COLOCATION_FIELDS.contains(&field) {
                 colocation += w;
+            } else if names_only && (NAME_FIELDS.contains(&field) || field == Field::Address) {
+                names += w;
             } else {
                 total += w;
             }
         }
-        total + colocation.min(self.colocation_cap)
+        total + colocation.min(self.colocation_cap) + names.min(self.name_cap)
+    }
+
+    /// log2(m/u) of one level of one field.
+    pub fn level_weight(&self, field: Field, level: u8) -> f64 {
+        self.weights[field as usize][level as usize]
     }
 
     /// The posterior match probability of a pair with this match weight.
@@ -554,6 +606,7 @@ impl MatchModel {
             weights,
             prior_weight: (prior / (1.0 - prior)).log2(),
             colocation_cap: self.colocation_cap,
+            name_cap: self.name_cap,
         }
     }
 
@@ -582,6 +635,16 @@ impl MatchModel {
             && probability("prior".into(), prior, &mut errors)
         {
             self.prior = prior;
+        }
+        if let Some(cap) = overrides.name_cap {
+            if cap >= 0.0 {
+                self.name_cap = cap;
+            } else {
+                errors.push(OverrideError::OutOfRange {
+                    what: "name_cap".into(),
+                    value: cap,
+                });
+            }
         }
         if let Some(cap) = overrides.colocation_cap {
             if cap >= 0.0 {
@@ -632,7 +695,7 @@ impl MatchModel {
 }
 
 /// Configuration overrides of the model: `fields.<field>.<level>.m|u`, `prior`,
-/// `colocation_cap`. Overridden values are never replaced by estimation.
+/// `colocation_cap`, `name_cap`. Overridden values are never replaced by estimation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelOverrides {
@@ -640,6 +703,8 @@ pub struct ModelOverrides {
     pub prior: Option<f64>,
     #[serde(default)]
     pub colocation_cap: Option<f64>,
+    #[serde(default)]
+    pub name_cap: Option<f64>,
     #[serde(default)]
     pub fields: BTreeMap<String, BTreeMap<String, LevelOverride>>,
 }

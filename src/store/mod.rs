@@ -197,6 +197,14 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<PossibleMatchRow>, StoreError>;
     /// The stored match model (JSON), if one was estimated.
     async fn match_model(&self) -> Result<Option<String>, StoreError>;
+
+    /// Up to `limit` customer records with the profile each is linked to, in record order,
+    /// starting after `after` (keyset paging: pass the last record of the previous page).
+    async fn identity_rows(
+        &self,
+        after: Option<&SourceRef>,
+        limit: i64,
+    ) -> Result<Vec<(SourceRef, Uuid)>, StoreError>;
 }
 
 #[async_trait]
