@@ -125,6 +125,11 @@ pub enum Command {
         #[command(subcommand)]
         command: FeedCommand,
     },
+    /// Writes synthetic labelled data with a ready deployment (needs no config).
+    Generate {
+        #[command(subcommand)]
+        command: GenerateCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +149,24 @@ pub enum FeedCommand {
         /// Stop after this many events.
         #[arg(long)]
         count: Option<usize>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Synthetic customers over three source systems, `truth.csv` and a deployment under
+    /// `config/`, `connectors/`, `mappings/` of the output directory.
+    Customers {
+        /// Records to write (over all systems).
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Extra records of the same customers written under `delta/`.
+        #[arg(long, default_value_t = 0)]
+        delta: usize,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -213,6 +236,18 @@ pub async fn execute(cli: Cli) -> u8 {
     {
         return feed_tail(&cli.config, amqp.clone(), exchange.clone(), binding, *count).await;
     }
+    if let Command::Generate {
+        command:
+            GenerateCommand::Customers {
+                count,
+                seed,
+                delta,
+                out,
+            },
+    } = &cli.command
+    {
+        return generate_customers(out, *count, *seed, *delta);
+    }
     let config = match config::load(&cli.config) {
         Ok(config) => config,
         Err(diagnostics) => {
@@ -253,7 +288,9 @@ pub async fn execute(cli: Cli) -> u8 {
         } => list_quarantine(&config, limit).await,
         Command::Review { command } => identity::review(&config, command).await,
         Command::Identities { command } => identity::identities(&config, command).await,
-        Command::Feed { .. } => unreachable!("feed commands are handled before loading"),
+        Command::Feed { .. } | Command::Generate { .. } => {
+            unreachable!("feed and generate commands are handled before loading")
+        }
     }
 }
 
@@ -742,6 +779,71 @@ async fn list_quarantine(config: &Config, limit: i64) -> u8 {
                 );
             }
             println_redacted!("{} quarantined records shown", rows.len());
+            EXIT_OK
+        }
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+fn generate_customers(out: &Path, count: usize, seed: u64, delta: usize) -> u8 {
+    let settings = crate::generate::GenerateSettings { count, seed, delta };
+    match crate::generate::generate_customers(out, &settings) {
+        Ok(summary) => {
+            println!("{}: {summary}", out.display());
+            println!(
+                "run it: conflux run --config {}",
+                out.join("config/customers.toml").display()
+            );
+            EXIT_OK
+        }
+        Err(error) => {
+            eprintln!("error: {}: {error}", out.display());
+            EXIT_RUNTIME
+        }
+    }
+}
+
+pub(crate) async fn evaluate_identities(config: &Config, truth: &Path, examples: usize) -> u8 {
+    let truth = match crate::evaluate::Truth::read(truth) {
+        Ok(truth) => truth,
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            return EXIT_INVALID;
+        }
+    };
+    let store = match pipeline::open_store(config).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            return EXIT_RUNTIME;
+        }
+    };
+    match crate::evaluate::evaluate_store(store.as_ref(), &truth, examples).await {
+        Ok(evaluation) => {
+            print!("{evaluation}");
+            EXIT_OK
+        }
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+pub(crate) async fn train_model(config: &Config) -> u8 {
+    let store = match pipeline::open_store(config).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            return EXIT_RUNTIME;
+        }
+    };
+    match pipeline::train(config, store.as_ref()).await {
+        Ok(report) => {
+            println_redacted!("{report}");
             EXIT_OK
         }
         Err(error) => {

@@ -9,6 +9,8 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod evaluate;
+pub mod generate;
 pub mod mapper;
 pub mod metrics;
 pub mod model;

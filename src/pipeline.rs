@@ -1113,3 +1113,44 @@ async fn store_resolution(
     // assigned profiles are all the profiles whose membership can have changed.
     Ok((resolution.touched_profiles(), merges))
 }
+
+/// Estimates the match model from every stored customer record and stores it
+/// (`conflux identities train`); the next runs match with it.
+pub async fn train(
+    config: &Config,
+    store: &dyn Store,
+) -> Result<resolver::matcher::TrainReport, PipelineError> {
+    let Some(settings) = config.identity.matching.clone() else {
+        return Err(PipelineError::Matching(
+            "probabilistic matching is off ([identity] probabilistic = false)".into(),
+        ));
+    };
+    let customers = stored_customers(store).await?;
+    let report = resolver::matcher::estimate_model(&customers, &settings)
+        .map_err(|errors| PipelineError::Matching(join_errors(&errors)))?;
+    let body = serde_json::to_string(&report.model)
+        .map_err(|error| PipelineError::Matching(format!("cannot serialise the model: {error}")))?;
+    let mut tx = store.begin().await?;
+    tx.set_match_model(&body).await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// Every stored customer record, read in pages.
+async fn stored_customers(store: &dyn Store) -> Result<Vec<crate::model::Customer>, StoreError> {
+    const PAGE: i64 = 20_000;
+    let mut customers = Vec::new();
+    let mut after: Option<SourceRef> = None;
+    loop {
+        let page = store.identity_rows(after.as_ref(), PAGE).await?;
+        let done = (page.len() as i64) < PAGE;
+        after = page.last().map(|(r, _)| r.clone());
+        let refs: Vec<SourceRef> = page.into_iter().map(|(r, _)| r).collect();
+        let mut tx = store.begin().await?;
+        customers.extend(tx.customers_by_refs(&refs).await?);
+        tx.commit().await?;
+        if done {
+            return Ok(customers);
+        }
+    }
+}

@@ -4,6 +4,8 @@
 //! next run.
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
@@ -38,6 +40,28 @@ pub enum IdentitiesCommand {
     /// Keeps two customer records apart for good; with one record, keeps it apart from every
     /// other record of its current profile.
     Unlink { a: String, b: Option<String> },
+    /// Writes one row per customer record, `system,stream,source_id,profile_id`, to stdout
+    /// (or `--out`): the audit trail of identity resolution.
+    Export {
+        /// `csv` (with a header) or `ndjson`.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Pairwise precision, recall and F1 of the stored identities against a truth file
+    /// (`system,stream,source_id,entity_id,household_id`), household merges and the worst
+    /// errors. Exit code 0 whatever the numbers.
+    Evaluate {
+        #[arg(long)]
+        truth: PathBuf,
+        /// Examples of each kind of error to print.
+        #[arg(long, default_value_t = 5)]
+        examples: usize,
+    },
+    /// Estimates the match model (u from random pairs, m by EM per blocking rule) from the
+    /// stored customers and stores it; the next runs use it.
+    Train,
 }
 
 /// Parses `system/stream/source_id`; the source id may itself contain slashes.
@@ -189,6 +213,13 @@ pub async fn identities(config: &Config, command: IdentitiesCommand) -> u8 {
     let (link, a, b) = match command {
         IdentitiesCommand::Link { a, b } => (true, a, Some(b)),
         IdentitiesCommand::Unlink { a, b } => (false, a, b),
+        IdentitiesCommand::Export { format, out } => {
+            return export(config, &format, out.as_deref()).await;
+        }
+        IdentitiesCommand::Evaluate { truth, examples } => {
+            return super::evaluate_identities(config, &truth, examples).await;
+        }
+        IdentitiesCommand::Train => return super::train_model(config).await,
     };
     let refs = match std::iter::once(&a)
         .chain(b.as_ref())
@@ -214,6 +245,96 @@ pub async fn identities(config: &Config, command: IdentitiesCommand) -> u8 {
             eprintln_redacted!("error: {error}");
             EXIT_RUNTIME
         })
+}
+
+/// Records per page read from the store while exporting.
+const EXPORT_PAGE: i64 = 10_000;
+
+/// `identities export`: streams every customer record with its profile id, a page at a time.
+async fn export(config: &Config, format: &str, out: Option<&Path>) -> u8 {
+    let csv = match format {
+        "csv" => true,
+        "ndjson" => false,
+        other => {
+            eprintln_redacted!("error: unknown export format {other:?}; use csv or ndjson");
+            return EXIT_INVALID;
+        }
+    };
+    let sink: Box<dyn Write> = match out {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(file) => Box::new(file),
+            Err(error) => {
+                eprintln_redacted!("error: cannot write {}: {error}", path.display());
+                return EXIT_RUNTIME;
+            }
+        },
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let store = match pipeline::open_store(config).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            return EXIT_RUNTIME;
+        }
+    };
+    match write_export(store.as_ref(), csv, std::io::BufWriter::new(sink)).await {
+        Ok(rows) => {
+            if let Some(path) = out {
+                eprintln_redacted!("{rows} records written to {}", path.display());
+            }
+            EXIT_OK
+        }
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+async fn write_export(
+    store: &dyn Store,
+    csv: bool,
+    mut out: impl Write,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    if csv {
+        writeln!(out, "system,stream,source_id,profile_id")?;
+    }
+    let mut after: Option<SourceRef> = None;
+    let mut rows = 0;
+    let mut line = Vec::new();
+    loop {
+        let page = store.identity_rows(after.as_ref(), EXPORT_PAGE).await?;
+        for (record, profile) in &page {
+            line.clear();
+            if csv {
+                let mut writer = ::csv::Writer::from_writer(&mut line);
+                writer.write_record([
+                    record.system.as_str(),
+                    record.stream.as_str(),
+                    record.source_id.as_str(),
+                    &profile.to_string(),
+                ])?;
+                writer.flush()?;
+            } else {
+                let json = serde_json::json!({
+                    "system": record.system,
+                    "stream": record.stream,
+                    "source_id": record.source_id,
+                    "profile_id": profile,
+                });
+                serde_json::to_writer(&mut line, &json)?;
+                line.push(b'\n');
+            }
+            out.write_all(&line)?;
+        }
+        rows += page.len() as u64;
+        match page.last() {
+            Some((last, _)) if page.len() as i64 == EXPORT_PAGE => after = Some(last.clone()),
+            _ => break,
+        }
+    }
+    out.flush()?;
+    Ok(rows)
 }
 
 /// Stores the manual decision on `refs` (two records, or one record against the rest of its

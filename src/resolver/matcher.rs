@@ -236,6 +236,156 @@ pub fn match_all(
     })
 }
 
+/// What [`estimate_model`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainReport {
+    pub records: usize,
+    pub candidate_pairs: u64,
+    pub model: MatchModel,
+}
+
+impl std::fmt::Display for TrainReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "match model estimated from {} records ({} candidate pairs); prior {:.5}",
+            self.records, self.candidate_pairs, self.model.prior
+        )?;
+        let weights = self.model.weights();
+        for field in scoring::Field::ALL {
+            let levels: Vec<String> = field
+                .levels()
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let level = i + 1;
+                    format!(
+                        "{name} m={:.4} u={:.5} w={:+.1}",
+                        self.model.m[field as usize][level],
+                        self.model.u[field as usize][level],
+                        weights.level_weight(field, level as u8)
+                    )
+                })
+                .collect();
+            writeln!(f, "  {:<10} {}", field.as_str(), levels.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Blocking rules with fewer candidate pairs than this teach EM nothing reliable.
+const MIN_SESSION_PAIRS: usize = 200;
+
+/// The compared fields a blocking rule forces to agree (or nearly).
+fn blocked_fields(rule: &BlockingRule) -> Vec<scoring::Field> {
+    use super::blocking::BlockField as B;
+    use scoring::Field as F;
+    rule.fields
+        .iter()
+        .map(|field| match field {
+            B::Email => F::Email,
+            B::Phone => F::Phone,
+            B::Identifier => F::Identifier,
+            B::Given | B::GivenInitial | B::GivenCanonical => F::Given,
+            B::Family | B::FamilyPhonetic => F::Family,
+            B::Company | B::CompanyPhonetic => F::Company,
+            B::Street | B::Postcode | B::City | B::Country => F::Address,
+            B::BirthDate | B::BirthYear => F::BirthDate,
+        })
+        .collect()
+}
+
+/// Estimates the match model from `customers` under `settings` (u from random pairs, m by
+/// EM per blocking rule, see the body), without matching. Overrides are applied last.
+pub fn estimate_model(
+    customers: &[Customer],
+    settings: &MatchSettings,
+) -> Result<TrainReport, Vec<OverrideError>> {
+    let threads = parallel::threads(settings.threads);
+    let mut order: Vec<usize> = (0..customers.len()).collect();
+    order.sort_by(|&a, &b| customers[a].source.cmp(&customers[b].source));
+    let preparer = Preparer::new(&settings.normalise);
+    let prepared: Vec<Prepared> = parallel::map_chunks(order.len(), threads, |range| {
+        range
+            .map(|i| preparer.prepare(&customers[order[i]]))
+            .collect()
+    });
+    let (pairs, report) = blocking::candidate_pairs_with_threads(
+        &prepared,
+        &settings.blocking,
+        settings.max_block_size,
+        threads,
+    );
+    let comparisons: Vec<Comparison> = parallel::map_chunks(pairs.len(), threads, |range| {
+        range
+            .map(|k| {
+                let (i, j) = pairs[k];
+                scoring::compare(&prepared[i as usize], &prepared[j as usize])
+            })
+            .collect()
+    });
+    drop(comparisons);
+    let mut model = settings.model.clone();
+    if let Some(u) = scoring::estimate_u(&prepared, settings.u_samples, settings.seed) {
+        model.u = u;
+    }
+    model.apply(&settings.overrides)?;
+    // EM over all candidates at once drifts to "everything matches": the candidates of an
+    // address rule are full of households, those of a name rule full of namesakes. So, as
+    // Splink does, EM runs once per blocking rule, and a field's m is taken only from the
+    // sessions whose rule does not block on that field (where its agreement is not forced),
+    // averaged. The prior stays: it is a property of the whole set, not of one block.
+    let mut sums = [[0.0; scoring::LEVEL_SLOTS]; scoring::FIELD_COUNT];
+    let mut sessions = [0usize; scoring::FIELD_COUNT];
+    for rule in &settings.blocking {
+        let (rule_pairs, _) = blocking::candidate_pairs_with_threads(
+            &prepared,
+            std::slice::from_ref(rule),
+            settings.max_block_size,
+            threads,
+        );
+        if rule_pairs.len() < MIN_SESSION_PAIRS {
+            continue;
+        }
+        let session: Vec<Comparison> = parallel::map_chunks(rule_pairs.len(), threads, |range| {
+            range
+                .map(|k| {
+                    let (i, j) = rule_pairs[k];
+                    scoring::compare(&prepared[i as usize], &prepared[j as usize])
+                })
+                .collect()
+        });
+        let (fitted, _) = scoring::estimate_m(&model, &session, settings.em_iterations);
+        if !fitted.prior.is_finite() {
+            continue;
+        }
+        let blocked = blocked_fields(rule);
+        for field in scoring::Field::ALL {
+            if blocked.contains(&field) {
+                continue;
+            }
+            let f = field as usize;
+            for (sum, m) in sums[f].iter_mut().zip(fitted.m[f]) {
+                *sum += m;
+            }
+            sessions[f] += 1;
+        }
+    }
+    for f in 0..scoring::FIELD_COUNT {
+        if sessions[f] > 0 {
+            for (m, sum) in model.m[f].iter_mut().zip(sums[f]) {
+                *m = sum / sessions[f] as f64;
+            }
+        }
+    }
+    model.apply(&settings.overrides)?;
+    Ok(TrainReport {
+        records: prepared.len(),
+        candidate_pairs: report.total_pairs,
+        model,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

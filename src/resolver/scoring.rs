@@ -8,11 +8,16 @@
 //!
 //! [`MatchModel`] holds m and u probabilities per field level and the prior share of matches
 //! among candidate pairs; [`MatchModel::weight`] is the log2 Bayes factor of a comparison and
-//! [`MatchModel::probability`] the posterior. One deliberate departure from conditional
-//! independence: members of a household (or colleagues at one company address) share family
-//! name, address and landline, so when the records clearly disagree on who they are (given
-//! name, birth date or company name "different"), the positive evidence of family name,
-//! address and phone together is capped at [`MatchModel::colocation_cap`] bits.
+//! [`MatchModel::probability`] the posterior. Two deliberate departures from conditional
+//! independence:
+//! - members of a household (or colleagues at one company address) share family name,
+//!   address and landline, so unless something says who the customer is (given name beyond
+//!   its initial, birth date, e-mail, a shared *mobile* number, identifier or company name
+//!   agree) and always when those disagree, the positive evidence of family name, address
+//!   and phone together is capped at [`MatchModel::colocation_cap`] bits;
+//! - many people share a common name, so without evidence more specific than names and a
+//!   town (street address, phone, e-mail, exact birth date, identifier), the names and town
+//!   together count at most [`MatchModel::name_cap`] bits, which lands in the review band.
 //!
 //! Estimation follows Splink: [`estimate_u`] compares seeded random pairs (u is what
 //! agreement looks like by chance), [`estimate_m`] runs EM on the candidate pairs' comparison
@@ -80,7 +85,9 @@ impl Field {
             Field::Company => &["exact", "fuzzy", "weak", "different"],
             Field::BirthDate => &["exact", "near", "different"],
             Field::Email => &["exact", "fuzzy", "different"],
-            Field::Phone => &["exact", "close", "different"],
+            // "mobile": a shared mobile number, personal unlike a household's landline;
+            // "exact": another shared number.
+            Field::Phone => &["exact", "close", "mobile", "different"],
             Field::Address => &["exact", "street", "postcode", "city", "different"],
             Field::Identifier => &["exact", "different"],
         }
@@ -287,6 +294,9 @@ fn compare_phones(a: &[Box<str>], b: &[Box<str>]) -> u8 {
     if a.is_empty() || b.is_empty() {
         return 0;
     }
+    if a.iter().any(|x| is_mobile(x) && b.contains(x)) {
+        return 3;
+    }
     if sorted_share(a, b) {
         return 1;
     }
@@ -297,7 +307,19 @@ fn compare_phones(a: &[Box<str>], b: &[Box<str>]) -> u8 {
             }
         }
     }
-    3
+    4
+}
+
+/// Whether an E.164 number is a mobile number, by the national mobile ranges of the
+/// countries whose numbering tells them apart (Germany 15x-17x, Austria 6xx, Switzerland
+/// 7x, the UK 7xxx, France 6/7, the Netherlands 6, Italy 3xx, Spain 6/7, Belgium 4xx,
+/// Poland and others are left out: a false "no" only costs the personal-evidence bonus).
+pub fn is_mobile(e164: &str) -> bool {
+    const MOBILE: [&str; 13] = [
+        "+4915", "+4916", "+4917", "+436", "+417", "+447", "+336", "+337", "+316", "+393", "+346",
+        "+347", "+324",
+    ];
+    MOBILE.iter().any(|prefix| e164.starts_with(prefix))
 }
 
 /// Jaro-Winkler similarity as `strsim::jaro_winkler` computes it, without allocating for
@@ -421,12 +443,21 @@ fn compare_identifiers(a: &[(Box<str>, Box<str>)], b: &[(Box<str>, Box<str>)]) -
     if common_scheme { 2 } else { 0 }
 }
 
+/// The built-in name cap: with the built-in prior, a pair that agrees only on names lands in
+/// the review band, below the match threshold.
+fn default_name_cap() -> f64 {
+    7.0
+}
+
 /// m and u per field and level (index 0 unused), the prior share of matches among
 /// candidate pairs, and the co-location cap (see the module header).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MatchModel {
     pub prior: f64,
     pub colocation_cap: f64,
+    /// Bits that agreeing names (and town) may contribute without more specific evidence.
+    #[serde(default = "default_name_cap")]
+    pub name_cap: f64,
     pub m: [[f64; LEVEL_SLOTS]; FIELD_COUNT],
     pub u: [[f64; LEVEL_SLOTS]; FIELD_COUNT],
 }
@@ -439,6 +470,7 @@ impl Default for MatchModel {
         let mut model = MatchModel {
             prior: 0.02,
             colocation_cap: 6.0,
+            name_cap: default_name_cap(),
             m: [[0.0; LEVEL_SLOTS]; FIELD_COUNT],
             u: [[0.0; LEVEL_SLOTS]; FIELD_COUNT],
         };
@@ -464,7 +496,11 @@ impl Default for MatchModel {
                 &[0.0003, 0.002, 0.9977],
             ),
             (Field::Email, &[0.6, 0.1, 0.3], &[0.0001, 0.0005, 0.9994]),
-            (Field::Phone, &[0.55, 0.1, 0.35], &[0.0005, 0.001, 0.9985]),
+            (
+                Field::Phone,
+                &[0.25, 0.1, 0.3, 0.35],
+                &[0.0004, 0.001, 0.0001, 0.9985],
+            ),
             (
                 Field::Address,
                 &[0.7, 0.08, 0.07, 0.05, 0.1],
@@ -487,36 +523,80 @@ const NAME_FIELDS: [Field; 3] = [Field::Given, Field::Family, Field::Company];
 /// Fields that members of one household or one office share.
 const COLOCATION_FIELDS: [Field; 3] = [Field::Family, Field::Address, Field::Phone];
 
+/// Whether field `f` agrees at one of its first `upto` levels (the agreeing ones).
+fn agrees(c: &Comparison, f: Field, upto: u8) -> bool {
+    (1..=upto).contains(&c[f as usize])
+}
+
+/// Evidence about *who* the customer is, beyond a shared family name and place: the given
+/// name (not just its initial), the birth date, an e-mail address, a mobile number, an
+/// identifier or the company name agree.
+fn personal_evidence(c: &Comparison) -> bool {
+    c[Field::Phone as usize] == 3
+        || agrees(c, Field::Given, 3)
+        || agrees(c, Field::BirthDate, 2)
+        || agrees(c, Field::Email, 2)
+        || agrees(c, Field::Identifier, 1)
+        || agrees(c, Field::Company, 2)
+}
+
+/// Evidence more specific than a name and a town: the street address, a phone number, an
+/// e-mail address, the exact birth date or an identifier agree. A birth date one digit off
+/// is not: among the many people called Thomas Müller, some are born a few days apart.
+fn specific_evidence(c: &Comparison) -> bool {
+    agrees(c, Field::Address, 2)
+        || agrees(c, Field::Phone, 3)
+        || agrees(c, Field::Email, 2)
+        || agrees(c, Field::BirthDate, 1)
+        || agrees(c, Field::Identifier, 1)
+}
+
 /// log2(m/u) per field and level, precomputed from a [`MatchModel`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightTable {
     weights: [[f64; LEVEL_SLOTS]; FIELD_COUNT],
     prior_weight: f64,
     colocation_cap: f64,
+    name_cap: f64,
 }
 
 impl WeightTable {
     pub fn weight(&self, c: &Comparison) -> f64 {
-        // Shared place evidence (family name, address, landline) counts only up to the cap
-        // when an identity field disagrees, and also when no name can be compared at all (a
-        // person against a company, or records without names): an address alone never makes
-        // two records one customer.
+        // Shared place evidence (family name, address, landline) counts only up to the
+        // co-location cap unless something says who the customer is (a household shares
+        // surname, address and landline; "T. Müller" at that address may be any of them),
+        // and always when an identity field disagrees or no name can be compared at all (a
+        // person against a company): an address alone never makes two records one customer.
         let no_name = NAME_FIELDS.iter().all(|&f| c[f as usize] == 0);
         let identity_conflict = no_name
             || IDENTITY_FIELDS
                 .iter()
                 .any(|&f| c[f as usize] == f.different());
+        let colocated_only = identity_conflict || !personal_evidence(c);
+        // Names (and the town) alone count only up to the name cap: many people share a
+        // common name, so "Thomas Müller" in two records is a possible match, not a link.
+        let names_only = !specific_evidence(c);
         let mut total = 0.0;
         let mut colocation = 0.0;
+        let mut names = 0.0;
         for field in Field::ALL {
             let w = self.weights[field as usize][c[field as usize] as usize];
-            if identity_conflict && COLOCATION_FIELDS.contains(&field) && w > 0.0 {
+            if w <= 0.0 {
+                total += w;
+            } else if colocated_only && COLOCATION_FIELDS.contains(&field) {
                 colocation += w;
+            } else if names_only && (NAME_FIELDS.contains(&field) || field == Field::Address) {
+                names += w;
             } else {
                 total += w;
             }
         }
-        total + colocation.min(self.colocation_cap)
+        total + colocation.min(self.colocation_cap) + names.min(self.name_cap)
+    }
+
+    /// log2(m/u) of one level of one field.
+    pub fn level_weight(&self, field: Field, level: u8) -> f64 {
+        self.weights[field as usize][level as usize]
     }
 
     /// The posterior match probability of a pair with this match weight.
@@ -554,6 +634,7 @@ impl MatchModel {
             weights,
             prior_weight: (prior / (1.0 - prior)).log2(),
             colocation_cap: self.colocation_cap,
+            name_cap: self.name_cap,
         }
     }
 
@@ -582,6 +663,16 @@ impl MatchModel {
             && probability("prior".into(), prior, &mut errors)
         {
             self.prior = prior;
+        }
+        if let Some(cap) = overrides.name_cap {
+            if cap >= 0.0 {
+                self.name_cap = cap;
+            } else {
+                errors.push(OverrideError::OutOfRange {
+                    what: "name_cap".into(),
+                    value: cap,
+                });
+            }
         }
         if let Some(cap) = overrides.colocation_cap {
             if cap >= 0.0 {
@@ -632,7 +723,7 @@ impl MatchModel {
 }
 
 /// Configuration overrides of the model: `fields.<field>.<level>.m|u`, `prior`,
-/// `colocation_cap`. Overridden values are never replaced by estimation.
+/// `colocation_cap`, `name_cap`. Overridden values are never replaced by estimation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelOverrides {
@@ -640,6 +731,8 @@ pub struct ModelOverrides {
     pub prior: Option<f64>,
     #[serde(default)]
     pub colocation_cap: Option<f64>,
+    #[serde(default)]
+    pub name_cap: Option<f64>,
     #[serde(default)]
     pub fields: BTreeMap<String, BTreeMap<String, LevelOverride>>,
 }
@@ -846,6 +939,54 @@ mod tests {
 
     fn prep(c: &Customer) -> Prepared {
         prepare(c, &NormaliseSettings::default())
+    }
+
+    #[test]
+    fn an_initial_links_through_a_shared_mobile_but_not_through_a_shared_landline() {
+        let model = MatchModel::default();
+        let full = prep(&customer(
+            "Jana",
+            "Kammhaus",
+            "Fichtenplatz 83",
+            &["+49 175 37275641", "+49 89 3002757"],
+        ));
+        let by_mobile = prep(&customer(
+            "J.",
+            "Kammhaus",
+            "Fichtenplatz 83",
+            &["0175 37275641"],
+        ));
+        let c = compare(&full, &by_mobile);
+        assert_eq!(c[Field::Phone as usize], 3, "a shared mobile number");
+        assert!(model.probability(&c) >= 0.9, "{c:?}");
+        // "J. Kammhaus" with the household's landline may be Jana or Jonas: not a link.
+        let by_landline = prep(&customer(
+            "J.",
+            "Kammhaus",
+            "Fichtenplatz 83",
+            &["089 3002757"],
+        ));
+        let c = compare(&full, &by_landline);
+        assert_eq!(c[Field::Phone as usize], 1);
+        assert!(model.probability(&c) < 0.9, "{c:?}");
+    }
+
+    #[test]
+    fn a_common_name_alone_is_a_possible_match_not_a_link() {
+        let model = MatchModel::default();
+        let mut elsewhere = customer("Thomas", "Müller", "Altstraße 90", &[]);
+        elsewhere.addresses[0].postcode = Some("50720".into());
+        elsewhere.addresses[0].city = Some("Köln".into());
+        let a = prep(&customer("Thomas", "Müller", "Hafenstraße 117", &[]));
+        let b = prep(&elsewhere);
+        let c = compare(&a, &b);
+        assert!(model.probability(&c) < 0.9, "{c:?}");
+        // Same names in the same street and house: that is specific, it links.
+        let c = compare(
+            &a,
+            &prep(&customer("Thomas", "Mueller", "Hafenstr. 117", &[])),
+        );
+        assert!(model.probability(&c) >= 0.9, "{c:?}");
     }
 
     #[test]

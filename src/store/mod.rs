@@ -239,6 +239,13 @@ pub trait Store: Send + Sync {
         let _ = (job, holder);
         Ok(())
     }
+    /// Up to `limit` customer records with the profile each is linked to, in record order,
+    /// starting after `after` (keyset paging: pass the last record of the previous page).
+    async fn identity_rows(
+        &self,
+        after: Option<&SourceRef>,
+        limit: i64,
+    ) -> Result<Vec<(SourceRef, Uuid)>, StoreError>;
 }
 
 #[async_trait]

@@ -485,6 +485,35 @@ impl Store for SqliteStore {
                 .await?,
         )
     }
+
+    async fn identity_rows(
+        &self,
+        after: Option<&SourceRef>,
+        limit: i64,
+    ) -> Result<Vec<(SourceRef, Uuid)>, StoreError> {
+        let (system, stream, source_id) = after.map_or(("", "", ""), |r| {
+            (r.system.as_str(), r.stream.as_str(), r.source_id.as_str())
+        });
+        // `after = None` starts before every record: ("", "", "") sorts first.
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT system, stream, source_id, profile_id FROM links \
+             WHERE (system, stream, source_id) > ($1, $2, $3) \
+             ORDER BY system, stream, source_id LIMIT $4",
+        )
+        .bind(system)
+        .bind(stream)
+        .bind(source_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(system, stream, source_id, profile_id)| {
+                let record = source_ref((system, stream, source_id));
+                let profile = parse_uuid(&profile_id, &format!("link of {record}"))?;
+                Ok((record, profile))
+            })
+            .collect()
+    }
 }
 
 #[async_trait]

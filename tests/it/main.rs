@@ -8,6 +8,7 @@ mod bad_input; // broken CSV rows, truncated XML, wrong types: quarantined, the 
 mod cli; // validate / test / preview / profiles through the real binary
 mod daemon; // scheduled runs, ops endpoints, shutdown by signal, `conflux runs`
 mod demo; // the bundled demo end to end on SQLite + NDJSON, and idempotent re-runs
+mod generate; // generated labelled customers through `run`: precision, recall, households, determinism
 mod hostile; // malformed, invalid UTF-8, huge, deep, entity bombs, `..`, SQL cursors: quarantined, bounded
 mod http; // kind = "http" connectors end to end: paging, incremental cursor, failures
 mod identity; // stable ids across runs, merges into the older id, splits
