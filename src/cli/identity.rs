@@ -163,6 +163,14 @@ async fn show(store: &dyn Store, id: i64) -> Result<u8, StoreError> {
         }
     }
     let detail: serde_json::Value = serde_json::from_str(&row.pair.detail).unwrap_or_default();
+    if let Some(capped) = detail.get("capped").and_then(|c| c.as_f64())
+        && capped > 0.0
+    {
+        println_redacted!(
+            "{capped:.2} bits withheld: shared surname, address and landline count as one \
+             household, and names alone as a possible match"
+        );
+    }
     if let Some(fields) = detail.get("fields").and_then(|f| f.as_array()) {
         println_redacted!("{:<12} {:<10} {:>7}", "field", "level", "weight");
         for field in fields {

@@ -21,9 +21,12 @@ pub struct FieldEvidence {
 /// The explanation of one pair's score.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Explanation {
-    /// The match weight, after the household cap on shared-place evidence.
+    /// The match weight, after the caps on shared-place and name-only evidence.
     pub weight: f64,
     pub probability: f64,
+    /// Bits of the fields' positive weights the caps withheld: shared surname, address and
+    /// landline say "same household", and names alone say "possibly the same customer".
+    pub capped: f64,
     pub fields: Vec<FieldEvidence>,
 }
 
@@ -34,7 +37,7 @@ pub fn explain(a: &Customer, b: &Customer, settings: &MatchSettings) -> Explanat
     let right = prepare(b, &settings.normalise);
     let comparison = compare(&left, &right);
     let model = &settings.model;
-    let fields = Field::ALL
+    let fields: Vec<FieldEvidence> = Field::ALL
         .iter()
         .map(|&field| {
             let level = comparison[field as usize];
@@ -56,9 +59,11 @@ pub fn explain(a: &Customer, b: &Customer, settings: &MatchSettings) -> Explanat
         .collect();
     let table = model.weights();
     let weight = table.weight(&comparison);
+    let uncapped: f64 = fields.iter().map(|f| f.weight).sum();
     Explanation {
         weight,
         probability: table.probability(weight),
+        capped: (uncapped - weight).max(0.0),
         fields,
     }
 }
@@ -107,10 +112,18 @@ mod tests {
         assert_eq!(level("phone").weight, 0.0);
         let sum: f64 = explanation.fields.iter().map(|f| f.weight).sum();
         assert!(
-            (explanation.weight - sum).abs() < 1e-9,
-            "no cap applies without an identity conflict: {} vs {sum}",
-            explanation.weight
+            (explanation.weight + explanation.capped - sum).abs() < 1e-9,
+            "the weight is the fields' sum less what the caps withheld"
         );
+        assert!(explanation.capped > 0.0, "names alone are capped");
+
+        // A shared e-mail address says who the customer is: nothing is withheld.
+        let c = person("3", "Anna", "Berg", "anna@example.com");
+        let sure = explain(&a, &c, &settings);
+        let sum: f64 = sure.fields.iter().map(|f| f.weight).sum();
+        assert_eq!(sure.capped, 0.0);
+        assert!((sure.weight - sum).abs() < 1e-9);
+        assert!(sure.probability > explanation.probability);
         assert!(explanation.probability > 0.0 && explanation.probability < 1.0);
     }
 }
