@@ -1,5 +1,6 @@
 //! The command line: `run`, `daemon`, `runs`, `validate`, `test`, `preview`,
-//! `profiles show`, `quarantine list`. Each subcommand loads the config through [`crate::config::load`] and
+//! `profiles show`, `quarantine list`, `generate customers` (needs no config),
+//! `identities evaluate | train`. Each subcommand loads the config through [`crate::config::load`] and
 //! maps its outcome onto the exit codes of [`crate::error`]. Human output goes to stdout,
 //! logs to stderr.
 
