@@ -1,6 +1,7 @@
 //! The command line: `run`, `daemon`, `runs`, `validate`, `test`, `preview`,
-//! `profiles show`, `quarantine list`, `review`, `identities`, `feed tail`. Each subcommand
-//! loads the config through [`crate::config::load`] and
+//! `profiles show`, `quarantine list`, `review`, `identities`, `feed tail`, `generate
+//! customers` (needs no config). Each subcommand loads the config through
+//! [`crate::config::load`] and
 //! maps its outcome onto the exit codes of [`crate::error`]. Human output goes to stdout,
 //! logs to stderr.
 

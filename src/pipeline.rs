@@ -955,7 +955,7 @@ async fn relink(
     let Some(matching) = matching else {
         let inputs: Vec<LinkInput> = nodes.into_values().collect();
         let resolution = resolver::resolve(&inputs, Uuid::now_v7);
-        return Ok(store_resolution(tx, &inputs, &resolution).await?);
+        return Ok(store_resolution(tx, &inputs, &resolution, &changed).await?);
     };
 
     // One hop of blocking candidates around the changed records, with their profiles.
@@ -1029,7 +1029,7 @@ async fn relink(
         .collect();
     summary.possible_matches += review.len() as u64;
     tx.replace_possible_matches(&refs, &review).await?;
-    Ok(store_resolution(tx, &inputs, &outcome.resolution).await?)
+    Ok(store_resolution(tx, &inputs, &outcome.resolution, &changed).await?)
 }
 
 /// Adds `pending` and everything reachable from it to `nodes`: records sharing a strong key
@@ -1086,12 +1086,14 @@ async fn gather(
     Ok(())
 }
 
-/// Stores the links and retirements of a resolution; returns the profiles to rebuild and
-/// the merges by survivor.
+/// Stores the links and retirements of a resolution; returns the profiles to rebuild (those
+/// holding a `changed` record, gaining or losing a member, or absorbing others) and the
+/// merges by survivor.
 async fn store_resolution(
     tx: &mut dyn StoreTx,
     inputs: &[LinkInput],
     resolution: &resolver::Resolution,
+    changed: &[SourceRef],
 ) -> Result<(BTreeSet<Uuid>, BTreeMap<Uuid, Vec<Uuid>>), StoreError> {
     let current: BTreeMap<&SourceRef, Option<Uuid>> =
         inputs.iter().map(|n| (&n.record, n.current)).collect();
@@ -1109,9 +1111,26 @@ async fn store_resolution(
         }
         merges.insert(merge.survivor, merge.retired.clone());
     }
-    // Every existing id in the neighbourhood is either kept by a component or retired, so the
-    // assigned profiles are all the profiles whose membership can have changed.
-    Ok((resolution.touched_profiles(), merges))
+    // A profile whose members and their records are all unchanged builds to the same content,
+    // so only these need rebuilding: the neighbourhood around a batch is much larger than the
+    // batch once the store is large, and rebuilding all of it made runs quadratic.
+    let changed: BTreeSet<&SourceRef> = changed.iter().collect();
+    let mut affected: BTreeSet<Uuid> = merges.keys().copied().collect();
+    for (record, profile) in &resolution.assignments {
+        if changed.contains(record) {
+            affected.insert(*profile);
+        }
+    }
+    for (record, profile) in &moved {
+        affected.insert(*profile);
+        if let Some(Some(old)) = current.get(record) {
+            affected.insert(*old);
+        }
+    }
+    // Retired ids are rebuilt through their survivor only.
+    let retired: BTreeSet<Uuid> = merges.values().flatten().copied().collect();
+    affected.retain(|id| !retired.contains(id));
+    Ok((affected, merges))
 }
 
 /// Estimates the match model from every stored customer record and stores it
