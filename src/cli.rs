@@ -348,6 +348,17 @@ async fn feed_tail(
     }
 }
 
+/// The configured store, or `None` after printing why it cannot be opened.
+async fn open_store_reporting(config: &Config) -> Option<std::sync::Arc<dyn crate::store::Store>> {
+    match pipeline::open_store(config).await {
+        Ok(store) => Some(store),
+        Err(error) => {
+            eprintln_redacted!("error: {error}");
+            None
+        }
+    }
+}
+
 /// Probes every source a job syncs and the bus; prints one line each and fails (exit 2) when
 /// any is unreachable. Connectors no job uses are skipped: they are validated leniently, so
 /// their `${VAR}` references may be unset (shipped presets waiting for their credentials).
@@ -719,12 +730,8 @@ fn preview_settings(
 }
 
 async fn show_profile(config: &Config, key: &str) -> u8 {
-    let store = match pipeline::open_store(config).await {
-        Ok(store) => store,
-        Err(error) => {
-            eprintln_redacted!("error: {error}");
-            return EXIT_RUNTIME;
-        }
+    let Some(store) = open_store_reporting(config).await else {
+        return EXIT_RUNTIME;
     };
     let ids = match Uuid::parse_str(key) {
         Ok(id) => Ok(vec![id]),
@@ -815,12 +822,8 @@ pub(crate) async fn evaluate_identities(config: &Config, truth: &Path, examples:
             return EXIT_INVALID;
         }
     };
-    let store = match pipeline::open_store(config).await {
-        Ok(store) => store,
-        Err(error) => {
-            eprintln_redacted!("error: {error}");
-            return EXIT_RUNTIME;
-        }
+    let Some(store) = open_store_reporting(config).await else {
+        return EXIT_RUNTIME;
     };
     match crate::evaluate::evaluate_store(store.as_ref(), &truth, examples).await {
         Ok(evaluation) => {
@@ -835,12 +838,8 @@ pub(crate) async fn evaluate_identities(config: &Config, truth: &Path, examples:
 }
 
 pub(crate) async fn train_model(config: &Config) -> u8 {
-    let store = match pipeline::open_store(config).await {
-        Ok(store) => store,
-        Err(error) => {
-            eprintln_redacted!("error: {error}");
-            return EXIT_RUNTIME;
-        }
+    let Some(store) = open_store_reporting(config).await else {
+        return EXIT_RUNTIME;
     };
     match pipeline::train(config, store.as_ref()).await {
         Ok(report) => {

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
+use super::open_store_reporting;
 use crate::config::Config;
 use crate::error::{EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};
 use crate::model::{Customer, SourceRef};
-use crate::pipeline;
 use crate::store::{IdentityDecision, PossibleMatchRow, Store, StoreError};
 
 #[derive(Debug, Subcommand)]
@@ -85,12 +85,8 @@ pub fn parse_ref(text: &str) -> Result<SourceRef, String> {
 }
 
 pub async fn review(config: &Config, command: ReviewCommand) -> u8 {
-    let store = match pipeline::open_store(config).await {
-        Ok(store) => store,
-        Err(error) => {
-            eprintln_redacted!("error: {error}");
-            return EXIT_RUNTIME;
-        }
+    let Some(store) = open_store_reporting(config).await else {
+        return EXIT_RUNTIME;
     };
     let outcome = match command {
         ReviewCommand::List { status, limit } => list(store.as_ref(), &status, limit).await,
@@ -240,12 +236,8 @@ pub async fn identities(config: &Config, command: IdentitiesCommand) -> u8 {
             return EXIT_INVALID;
         }
     };
-    let store = match pipeline::open_store(config).await {
-        Ok(store) => store,
-        Err(error) => {
-            eprintln_redacted!("error: {error}");
-            return EXIT_RUNTIME;
-        }
+    let Some(store) = open_store_reporting(config).await else {
+        return EXIT_RUNTIME;
     };
     decide_pairs(store.as_ref(), link, &refs)
         .await
@@ -278,12 +270,8 @@ async fn export(config: &Config, format: &str, out: Option<&Path>) -> u8 {
         },
         None => Box::new(std::io::stdout().lock()),
     };
-    let store = match pipeline::open_store(config).await {
-        Ok(store) => store,
-        Err(error) => {
-            eprintln_redacted!("error: {error}");
-            return EXIT_RUNTIME;
-        }
+    let Some(store) = open_store_reporting(config).await else {
+        return EXIT_RUNTIME;
     };
     match write_export(store.as_ref(), csv, std::io::BufWriter::new(sink)).await {
         Ok(rows) => {
