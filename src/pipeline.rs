@@ -318,13 +318,16 @@ async fn run_streams(
         Ok(()) => sync_streams(config, pairs, store, &batcher, &mut summary).await,
         Err(error) => Err(error),
     };
-    // Segments are relative to the whole customer base: recomputed once the base is current.
-    let resegmenting = std::time::Instant::now();
-    let synced = match synced {
-        Ok(()) => resegment(store, &batcher, &mut summary).await,
-        Err(error) => Err(error),
+    // The profiles the committed batches changed are built even when a stream failed later,
+    // as their events are delivered. Segments are relative to the whole customer base:
+    // recomputed once the base is current.
+    let building = std::time::Instant::now();
+    let built = build_queued(store, &batcher, &mut summary).await;
+    let synced = match (synced, built) {
+        (Ok(()), Ok(())) => resegment(store, &batcher, &mut summary).await,
+        (Err(error), _) | (_, Err(error)) => Err(error),
     };
-    summary.stages.build += resegmenting.elapsed();
+    summary.stages.build += building.elapsed();
 
     let settings = RelaySettings {
         batch_size: config.feed.batch_size as i64,
@@ -745,7 +748,14 @@ impl Batcher<'_> {
         }
         let order_customers: Vec<(String, String)> = order_customers.into_iter().collect();
         affected.extend(tx.profiles_of_customer_ids(&order_customers).await?);
-        self.rebuild(tx, &affected, &merges, summary).await?;
+        // Survivors of a merge are built at once, so the `merged` event commits with the
+        // retirement. Every other profile is queued and built once by the end of the run
+        // ([`build_queued`]): a customer whose orders, stock and supplier items arrive in many
+        // batches would otherwise get a version per batch.
+        let survivors: BTreeSet<Uuid> = merges.keys().copied().collect();
+        self.rebuild(tx, &survivors, &merges, summary).await?;
+        let deferred: Vec<Uuid> = affected.difference(&survivors).copied().collect();
+        tx.queue_profiles(&deferred).await?;
         summary.stages.build += lap(&mut clock);
         Ok(())
     }
@@ -868,6 +878,31 @@ impl Batcher<'_> {
             event_type: event_type.as_str().to_string(),
             event_body,
         })
+    }
+}
+
+/// Queued profiles built per transaction by [`build_queued`].
+const BUILD_CHUNK: i64 = 2_000;
+
+/// Builds the profiles queued by the run's batches (and by any earlier run that stopped
+/// before building them), a bounded number per transaction: each gets at most one new
+/// version, and only if its content changed.
+async fn build_queued(
+    store: &dyn Store,
+    batcher: &Batcher<'_>,
+    summary: &mut RunSummary,
+) -> Result<(), PipelineError> {
+    loop {
+        let mut tx = store.begin().await?;
+        let queued = tx.take_profiles(BUILD_CHUNK).await?;
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let ids: BTreeSet<Uuid> = queued.into_iter().collect();
+        batcher
+            .rebuild(tx.as_mut(), &ids, &BTreeMap::new(), summary)
+            .await?;
+        tx.commit().await?;
     }
 }
 
@@ -999,6 +1034,7 @@ async fn relink(
         &inputs,
         &customers,
         &decisions,
+        Some(&changed),
         matching,
         Uuid::now_v7,
     )
@@ -1028,7 +1064,7 @@ async fn relink(
         })
         .collect();
     summary.possible_matches += review.len() as u64;
-    tx.replace_possible_matches(&refs, &review).await?;
+    tx.replace_possible_matches(&outcome.scope, &review).await?;
     Ok(store_resolution(tx, &inputs, &outcome.resolution, &changed).await?)
 }
 

@@ -266,6 +266,7 @@ pub const MAX_LISTED_SKIPS: usize = 20;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlockingReport {
     pub rules: Vec<RuleReport>,
+    /// Distinct pairs compared (with a matcher focus, only those holding a focused record).
     pub total_pairs: u64,
 }
 

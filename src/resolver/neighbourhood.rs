@@ -11,9 +11,10 @@
 //!   ([`super::cluster`]): cluster size cap, never-link decisions, conflicting identifiers;
 //! - assigns stable ids to the resulting clusters with [`super::assign`].
 //!
-//! Pairs are re-scored every time their neighbourhood is resolved, so a record whose change
-//! breaks its link splits off; scores depend only on the two records and the model, so an
-//! incremental run and a full run agree on every pair they both see.
+//! Only pairs holding a changed record, or a member of a profile that holds one, are scored
+//! again, so a record whose change breaks its link splits off while the rest of the
+//! neighbourhood keeps its profiles without being compared again. Scores depend only on the
+//! two records and the model, so an incremental run and a full run agree on every pair.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -32,6 +33,9 @@ pub struct NeighbourhoodOutcome {
     pub review: Vec<MatchPair>,
     /// Candidate pairs compared.
     pub candidate_pairs: u64,
+    /// The records whose pairs were compared: the possible matches holding one of them are
+    /// replaced by `review`.
+    pub scope: Vec<SourceRef>,
 }
 
 /// Neighbourhoods smaller than this are matched on the calling thread: spawning workers
@@ -39,11 +43,14 @@ pub struct NeighbourhoodOutcome {
 const PARALLEL_FROM: usize = 20_000;
 
 /// Resolves `nodes` (whose bodies are `customers`; a node without a body stays on its own)
-/// under `settings`, honouring `decisions` (`(a, b, link)`). See the module header.
+/// under `settings`, honouring `decisions` (`(a, b, link)`). With `changed`, only pairs
+/// holding a changed record or a member of a profile that holds one are compared; every
+/// other profile keeps its members. See the module header.
 pub fn resolve_neighbourhood(
     nodes: &[LinkInput],
     customers: &[Customer],
     decisions: &[(SourceRef, SourceRef, bool)],
+    changed: Option<&[SourceRef]>,
     settings: &MatchSettings,
     mint: impl FnMut() -> Uuid,
 ) -> Result<NeighbourhoodOutcome, Vec<OverrideError>> {
@@ -82,8 +89,14 @@ pub fn resolve_neighbourhood(
         }
     }
 
+    let scope = match changed {
+        None => nodes.iter().map(|n| n.record.clone()).collect(),
+        Some(changed) => keep_untouched_profiles(nodes, changed, &mut must),
+    };
+
     let mut settings = settings.clone();
     settings.estimate = false;
+    settings.focus = changed.is_some().then(|| scope.clone());
     settings.must_link = must.into_iter().collect();
     settings.never_link = never.into_iter().collect();
     if customers.len() < PARALLEL_FROM {
@@ -116,7 +129,43 @@ pub fn resolve_neighbourhood(
         resolution: assign(nodes, components, mint),
         review: outcome.review,
         candidate_pairs,
+        scope,
     })
+}
+
+/// The records whose pairs are compared again: the `changed` ones and every member of a
+/// profile holding one (so a change that breaks a link splits its profile). The members of
+/// every other profile are joined by `must` links: the pairs between them were decided when
+/// one of them last changed, and comparing them again would give the same answer.
+fn keep_untouched_profiles(
+    nodes: &[LinkInput],
+    changed: &[SourceRef],
+    must: &mut BTreeSet<(SourceRef, SourceRef)>,
+) -> Vec<SourceRef> {
+    let changed: BTreeSet<&SourceRef> = changed.iter().collect();
+    let touched: BTreeSet<Uuid> = nodes
+        .iter()
+        .filter(|n| changed.contains(&n.record))
+        .filter_map(|n| n.current)
+        .collect();
+    let mut kept: BTreeMap<Uuid, Vec<&SourceRef>> = BTreeMap::new();
+    let mut scope = Vec::new();
+    for node in nodes {
+        match node.current {
+            _ if changed.contains(&node.record) => scope.push(node.record.clone()),
+            Some(profile) if touched.contains(&profile) => scope.push(node.record.clone()),
+            Some(profile) => kept.entry(profile).or_default().push(&node.record),
+            None => {}
+        }
+    }
+    for members in kept.values_mut() {
+        members.sort();
+        for other in &members[1..] {
+            must.insert(((*members[0]).clone(), (*other).clone()));
+        }
+    }
+    scope.sort();
+    scope
 }
 
 #[cfg(test)]
@@ -189,6 +238,7 @@ mod tests {
             &nodes,
             &customers,
             &[],
+            None,
             &MatchSettings::default(),
             Uuid::now_v7,
         )

@@ -5,8 +5,9 @@
 //! [`Store`](crate::store::Store) is one); [`RelaySettings`] bound the batches and the
 //! retrying; [`RelayReport`] says what was delivered and what still waits. Invariants: a
 //! row is marked delivered only when the sink confirmed it in this very send (confirmations
-//! are recorded at once, even when the same send then failed part-way), and rows are offered
-//! in outbox order, so delivery is at-least-once and ordered per relay.
+//! are recorded while the next batch is sent, or before any wait when a send failed
+//! part-way), and rows are offered in outbox order, so delivery is at-least-once and ordered
+//! per relay. Sending one batch overlaps marking the previous one and fetching the next.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -21,8 +22,12 @@ use crate::store::StoreError;
 /// The part of the store the relay reads and updates.
 #[async_trait]
 pub trait Outbox: Send + Sync {
-    /// Up to `limit` undelivered events in delivery order.
-    async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// Up to `limit` undelivered events after outbox row `after`, in delivery order.
+    async fn pending_events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
     /// Marks the given outbox rows delivered.
     async fn mark_delivered(&self, seqs: &[i64]) -> Result<(), StoreError>;
     /// How many events wait for delivery.
@@ -36,8 +41,12 @@ pub trait Outbox: Send + Sync {
 
 #[async_trait]
 impl<T: crate::store::Store + ?Sized> Outbox for T {
-    async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
-        crate::store::Store::pending_events(self, limit).await
+    async fn pending_events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        crate::store::Store::pending_events_after(self, after, limit).await
     }
 
     async fn mark_delivered(&self, seqs: &[i64]) -> Result<(), StoreError> {
@@ -57,8 +66,12 @@ impl<T: crate::store::Store + ?Sized> Outbox for T {
 /// itself (one unsized type never coerces to another), so the shared handle is an outbox too.
 #[async_trait]
 impl<T: crate::store::Store + ?Sized> Outbox for std::sync::Arc<T> {
-    async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
-        crate::store::Store::pending_events(&**self, limit).await
+    async fn pending_events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        crate::store::Store::pending_events_after(&**self, after, limit).await
     }
 
     async fn mark_delivered(&self, seqs: &[i64]) -> Result<(), StoreError> {
@@ -133,34 +146,55 @@ pub async fn drain<O: Outbox + ?Sized>(
         .without_max_times();
     let mut delivered = 0u64;
     let mut streak: Option<FailureStreak> = None;
+    let size = settings.batch_size;
+    // Confirmed by the last send, marked while the next batch is sent.
+    let mut unmarked: Vec<i64> = Vec::new();
+    let mut next = outbox.pending_events_after(0, size).await?;
 
     let last_error = loop {
-        let batch = outbox.pending_events(settings.batch_size).await?;
-        if batch.is_empty() {
+        let batch = std::mem::take(&mut next);
+        let Some(last) = batch.last().map(|e| e.seq) else {
+            mark(outbox, &mut unmarked, &mut delivered).await?;
             break None;
-        }
-        let report = sink.send(&batch).await;
+        };
+        // One batch is sent while the previous one is marked and the next one fetched.
+        let (report, marked, fetched) = tokio::join!(
+            sink.send(&batch),
+            mark(outbox, &mut unmarked, &mut delivered),
+            outbox.pending_events_after(last, size),
+        );
         let confirmed = confirmed_in_batch(&batch, &report.confirmed);
         if !confirmed.is_empty() {
-            outbox.mark_delivered(&confirmed).await?;
-            delivered += confirmed.len() as u64;
+            unmarked = confirmed;
             // Progress ends a failure streak even if this same send failed afterwards.
             streak = None;
         }
+        let fetched = match marked.and(fetched) {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                // Recorded if the store still answers; otherwise re-delivered later.
+                let _ = mark(outbox, &mut unmarked, &mut delivered).await;
+                return Err(error);
+            }
+        };
         let error = match report.error {
             Some(error) => error.to_string(),
-            None if confirmed.len() == batch.len() => {
+            None if unmarked.len() == batch.len() => {
                 streak = None;
+                next = fetched;
                 continue;
             }
             // A sink that neither confirms nor explains would otherwise be re-sent the same
             // batch in a tight loop.
             None => format!(
                 "{destination} confirmed {} of {} events without reporting an error",
-                confirmed.len(),
+                unmarked.len(),
                 batch.len()
             ),
         };
+        // What was confirmed is recorded before waiting; the unconfirmed rest is fetched
+        // again, from the oldest undelivered row, once the wait is over.
+        mark(outbox, &mut unmarked, &mut delivered).await?;
 
         let streak = streak.get_or_insert_with(|| FailureStreak {
             started: Instant::now(),
@@ -187,6 +221,7 @@ pub async fn drain<O: Outbox + ?Sized>(
             "Delivering feed events failed; retrying."
         );
         tokio::time::sleep(retry_in).await;
+        next = outbox.pending_events_after(0, size).await?;
     };
 
     // What this drain leaves undelivered is free for the next relay, here or on a replica.
@@ -201,6 +236,20 @@ pub async fn drain<O: Outbox + ?Sized>(
 
 /// The confirmed seqs that belong to `batch`, in batch order, each once. A sink can only
 /// confirm what it was given; anything else in its report is ignored rather than marked.
+async fn mark<O: Outbox + ?Sized>(
+    outbox: &O,
+    unmarked: &mut Vec<i64>,
+    delivered: &mut u64,
+) -> Result<(), StoreError> {
+    if unmarked.is_empty() {
+        return Ok(());
+    }
+    outbox.mark_delivered(unmarked).await?;
+    *delivered += unmarked.len() as u64;
+    unmarked.clear();
+    Ok(())
+}
+
 fn confirmed_in_batch(batch: &[OutboxEvent], confirmed: &[i64]) -> Vec<i64> {
     let confirmed: HashSet<i64> = confirmed.iter().copied().collect();
     batch
@@ -256,11 +305,15 @@ mod tests {
 
     #[async_trait]
     impl Outbox for MemoryOutbox {
-        async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+        async fn pending_events_after(
+            &self,
+            after: i64,
+            limit: i64,
+        ) -> Result<Vec<OutboxEvent>, StoreError> {
             let rows = self.rows.lock().unwrap();
             Ok(rows
                 .iter()
-                .filter(|r| !r.1)
+                .filter(|r| !r.1 && r.0.seq > after)
                 .take(limit as usize)
                 .map(|r| r.0.clone())
                 .collect())

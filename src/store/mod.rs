@@ -173,7 +173,16 @@ pub trait Store: Send + Sync {
     async fn recent_runs(&self, limit: i64) -> Result<Vec<JobRun>, StoreError>;
 
     /// Up to `limit` undelivered events in delivery order.
-    async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError>;
+    async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.pending_events_after(0, limit).await
+    }
+    /// Up to `limit` undelivered events after outbox row `after`, in delivery order, so a
+    /// relay can fetch the next batch while the previous one is still being confirmed.
+    async fn pending_events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
     /// Marks the given outbox rows delivered.
     async fn mark_delivered(&self, seqs: &[i64]) -> Result<(), StoreError>;
     /// How many events wait for delivery.
@@ -349,8 +358,8 @@ pub trait StoreTx: Send {
     /// Stores a decision (replacing an earlier one on the same pair) and queues both records
     /// for re-resolution.
     async fn set_decision(&mut self, decision: &IdentityDecision) -> Result<(), StoreError>;
-    /// Replaces the pending possible matches between two records of `scope` by `pairs`;
-    /// pairs a person already decided keep their decision.
+    /// Replaces the pending possible matches holding a record of `scope` by `pairs`; pairs a
+    /// person already decided keep their decision.
     async fn replace_possible_matches(
         &mut self,
         scope: &[SourceRef],
@@ -360,6 +369,12 @@ pub trait StoreTx: Send {
     async fn queue_relink(&mut self, records: &[SourceRef]) -> Result<(), StoreError>;
     /// Takes up to `limit` queued records off the queue (the removal commits with the batch).
     async fn take_relink(&mut self, limit: i64) -> Result<Vec<SourceRef>, StoreError>;
+    /// Queues profiles whose content a batch may have changed, to be rebuilt once by the end
+    /// of the run; the queue commits with the batch, so a crash loses no rebuild.
+    async fn queue_profiles(&mut self, ids: &[Uuid]) -> Result<(), StoreError>;
+    /// Takes up to `limit` queued profiles off the queue, in id order (the removal commits
+    /// with the versions built from them).
+    async fn take_profiles(&mut self, limit: i64) -> Result<Vec<Uuid>, StoreError>;
     /// Stores the estimated match model (JSON).
     async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError>;
 

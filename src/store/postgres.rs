@@ -434,11 +434,15 @@ impl Store for PostgresStore {
     /// Claims up to `limit` undelivered rows for this handle: rows nobody claims, rows whose
     /// claim expired, and this handle's own claims (renewed). Rows another relay is claiming
     /// in this very moment are skipped, not waited for.
-    async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+    async fn pending_events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
         let mut rows: Vec<(i64, String, String, String)> = sqlx::query_as(
             "WITH picked AS ( \
                  SELECT seq FROM outbox \
-                 WHERE delivered_at IS NULL \
+                 WHERE delivered_at IS NULL AND seq > $4 \
                    AND (claimed_until IS NULL OR claimed_until < clock_timestamp() \
                         OR claimed_by = $2) \
                  ORDER BY seq LIMIT $1 \
@@ -451,6 +455,7 @@ impl Store for PostgresStore {
         .bind(limit)
         .bind(&self.claimant)
         .bind(millis(CLAIM_TTL))
+        .bind(after)
         .fetch_all(&self.pool)
         .await?;
         // RETURNING follows no order; delivery does.
@@ -1093,9 +1098,12 @@ impl StoreTx for PostgresTx {
             sqlx::query(
                 "WITH k AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) \
                             AS k(system, stream, source_id)) \
-                 DELETE FROM possible_matches p WHERE p.status = 'pending' \
-                   AND (p.a_system, p.a_stream, p.a_source_id) IN (SELECT * FROM k) \
-                   AND (p.b_system, p.b_stream, p.b_source_id) IN (SELECT * FROM k)",
+                 DELETE FROM possible_matches WHERE status = 'pending' AND id IN ( \
+                     SELECT p.id FROM k JOIN possible_matches p ON p.a_system = k.system \
+                         AND p.a_stream = k.stream AND p.a_source_id = k.source_id \
+                     UNION ALL \
+                     SELECT p.id FROM k JOIN possible_matches p ON p.b_system = k.system \
+                         AND p.b_stream = k.stream AND p.b_source_id = k.source_id)",
             )
             .bind(&systems)
             .bind(&streams)
@@ -1165,6 +1173,35 @@ impl StoreTx for PostgresTx {
         let mut refs: Vec<SourceRef> = rows.into_iter().map(source_ref).collect();
         refs.sort();
         Ok(refs)
+    }
+
+    async fn queue_profiles(&mut self, ids: &[Uuid]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO profile_queue (profile_id) \
+             SELECT * FROM UNNEST($1::uuid[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(ids)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_profiles(&mut self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "DELETE FROM profile_queue WHERE profile_id IN \
+             (SELECT profile_id FROM profile_queue ORDER BY profile_id LIMIT $1 \
+              FOR UPDATE SKIP LOCKED) \
+             RETURNING profile_id",
+        )
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut ids: Vec<Uuid> = rows.into_iter().map(|(id,)| id).collect();
+        ids.sort();
+        Ok(ids)
     }
 
     async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError> {

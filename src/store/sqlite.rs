@@ -334,12 +334,17 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+    async fn pending_events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
         let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
             "SELECT seq, event_id, event_type, body FROM outbox \
-             WHERE delivered_at IS NULL ORDER BY seq LIMIT $1",
+             WHERE delivered_at IS NULL AND seq > $2 ORDER BY seq LIMIT $1",
         )
         .bind(limit)
+        .bind(after)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -1062,9 +1067,10 @@ impl StoreTx for SqliteTx {
                      SELECT p.id FROM json_each($1) j CROSS JOIN possible_matches p \
                      ON p.a_system = j.value ->> 0 AND p.a_stream = j.value ->> 1 \
                          AND p.a_source_id = j.value ->> 2 \
-                     JOIN json_each($1) k \
-                     ON p.b_system = k.value ->> 0 AND p.b_stream = k.value ->> 1 \
-                         AND p.b_source_id = k.value ->> 2)",
+                     UNION ALL \
+                     SELECT p.id FROM json_each($1) j CROSS JOIN possible_matches p \
+                     ON p.b_system = j.value ->> 0 AND p.b_stream = j.value ->> 1 \
+                         AND p.b_source_id = j.value ->> 2)",
             )
             .bind(json_list(&triples, "source refs")?)
             .execute(&mut *self.tx)
@@ -1134,6 +1140,38 @@ impl StoreTx for SqliteTx {
         Ok(refs)
     }
 
+    async fn queue_profiles(&mut self, ids: &[Uuid]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        sqlx::query(
+            "INSERT INTO profile_queue (profile_id) \
+             SELECT value FROM json_each($1) WHERE true ON CONFLICT DO NOTHING",
+        )
+        .bind(json_list(&ids, "profile ids")?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_profiles(&mut self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "DELETE FROM profile_queue WHERE profile_id IN \
+             (SELECT profile_id FROM profile_queue ORDER BY profile_id LIMIT $1) \
+             RETURNING profile_id",
+        )
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut ids = rows
+            .into_iter()
+            .map(|(id,)| parse_uuid(&id, "profile queue"))
+            .collect::<Result<Vec<Uuid>, StoreError>>()?;
+        ids.sort();
+        Ok(ids)
+    }
+
     async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO match_model (id, body, trained_at) VALUES (1, $1, $2) \
@@ -1200,24 +1238,34 @@ impl StoreTx for SqliteTx {
             return Ok(());
         }
         let created_at = now();
-        let mut rows = Vec::with_capacity(writes.len());
+        // Three lists, so each statement parses only the JSON it reads: the bodies are most
+        // of the bytes.
+        let mut heads = Vec::with_capacity(writes.len());
+        let mut versions = Vec::with_capacity(writes.len());
+        let mut events = Vec::with_capacity(writes.len());
         for write in writes {
             let profile_id = write.profile.profile_id.to_string();
             let body = serde_json::to_string(&write.profile).map_err(|error| {
                 StoreError::Corrupt(format!("cannot encode profile {profile_id}: {error}"))
             })?;
             let event_id = format!("{profile_id}:{}", write.profile.version);
-            rows.push(serde_json::json!([
+            heads.push(serde_json::json!([
+                profile_id,
+                write.profile.version,
+                write.content_hash
+            ]));
+            versions.push(serde_json::json!([
                 profile_id,
                 write.profile.version,
                 write.content_hash,
-                body,
+                body
+            ]));
+            events.push(serde_json::json!([
                 event_id,
                 write.event_type,
-                write.event_body,
+                write.event_body
             ]));
         }
-        let rows = json_list(&rows, "profile versions")?;
         // As in `write_profile`: the profiles rows first, and versions only move forward.
         let advanced = sqlx::query(
             "INSERT INTO profiles (profile_id, created_at, latest_version, latest_hash) \
@@ -1228,7 +1276,7 @@ impl StoreTx for SqliteTx {
              WHERE profiles.latest_version IS NULL \
                 OR profiles.latest_version < excluded.latest_version",
         )
-        .bind(&rows)
+        .bind(json_list(&heads, "profile versions")?)
         .bind(&created_at)
         .execute(&mut *self.tx)
         .await?;
@@ -1250,16 +1298,16 @@ impl StoreTx for SqliteTx {
              SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, $2 \
              FROM json_each($1) j ORDER BY j.key",
         )
-        .bind(&rows)
+        .bind(json_list(&versions, "profile versions")?)
         .bind(&created_at)
         .execute(&mut *self.tx)
         .await?;
         sqlx::query(
             "INSERT INTO outbox (event_id, event_type, body, created_at) \
-             SELECT j.value ->> 4, j.value ->> 5, j.value ->> 6, $2 \
+             SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, $2 \
              FROM json_each($1) j ORDER BY j.key",
         )
-        .bind(&rows)
+        .bind(json_list(&events, "outbox events")?)
         .bind(&created_at)
         .execute(&mut *self.tx)
         .await?;
@@ -1918,7 +1966,7 @@ mod tests {
             MIGRATOR.migrations.len() as i64,
             "each migration is recorded once"
         );
-        assert_eq!(MIGRATOR.migrations.len(), 5);
+        assert_eq!(MIGRATOR.migrations.len(), 6);
         assert_eq!(count(&second, "records").await, 1);
         let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(second.pool())

@@ -36,6 +36,17 @@ pub fn write_bulk_shop_export(project: &Path, count: usize) {
 /// The latest content of every live profile of an NDJSON feed, without ids and timestamps
 /// (which differ between two projects), sorted: two runs over the same input compare equal.
 pub fn final_profiles(feed: &[serde_json::Value]) -> Vec<String> {
+    final_state(feed, false)
+}
+
+/// [`final_profiles`] without version numbers: the state a feed converges to whatever the
+/// run boundaries (a run that ends early publishes what it committed, so a profile completed
+/// by the next run has one version more than in a single run).
+pub fn final_contents(feed: &[serde_json::Value]) -> Vec<String> {
+    final_state(feed, true)
+}
+
+fn final_state(feed: &[serde_json::Value], without_versions: bool) -> Vec<String> {
     let mut live = std::collections::BTreeMap::new();
     for event in feed {
         for retired in event["data"]["merged_ids"].as_array().into_iter().flatten() {
@@ -45,6 +56,9 @@ pub fn final_profiles(feed: &[serde_json::Value]) -> Vec<String> {
         let object = data.as_object_mut().unwrap();
         object.remove("profile_id");
         object.remove("merged_ids");
+        if without_versions {
+            object.remove("version");
+        }
         live.insert(
             event["subject"].as_str().unwrap().to_string(),
             data.to_string(),

@@ -193,9 +193,26 @@ async fn a_source_failing_past_its_retry_budget_fails_the_run_and_the_next_catch
     let reference_config = load(reference.path(), "config/faults.toml");
     pipeline::run(&reference_config, None).await.unwrap();
     let final_of = |root: &std::path::Path| {
-        crate::final_profiles(&read_feed(&root.join(".conflux/feed.ndjson")))
+        crate::final_contents(&read_feed(&root.join(".conflux/feed.ndjson")))
     };
     assert_eq!(final_of(project.path()), final_of(reference.path()));
+    // The failed run published c2 on its own (its batch was committed); the next run linked
+    // partner 5 to it as version 2. A single run builds that profile once.
+    let versions = |root: &std::path::Path| -> Vec<u64> {
+        let mut versions: Vec<u64> =
+            crate::final_profiles(&read_feed(&root.join(".conflux/feed.ndjson")))
+                .iter()
+                .map(|p| {
+                    serde_json::from_str::<serde_json::Value>(p).unwrap()["version"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect();
+        versions.sort();
+        versions
+    };
+    assert_eq!(versions(project.path()), vec![1, 1, 1, 1, 1, 2]);
+    assert_eq!(versions(reference.path()), vec![1; 6]);
     assert_eq!(
         final_of(project.path()).len(),
         6,

@@ -100,10 +100,9 @@ async fn sap_s4_preset_syncs_partners_orders_stock_and_suppliers_then_only_chang
         ),
         (13, 13, 0)
     );
-    // Every order lands on its customer's profile, a second version of three profiles; the
-    // stock and supplier streams synced after the orders change the supply status of open
-    // lines (two more versions); the end-of-run segmentation gives the three buyers their
-    // RFM scores.
+    // Each profile is built once at the end of the run, with its orders, stock and
+    // supplier lead times; the end-of-run segmentation then gives the three buyers their RFM
+    // scores.
     assert_eq!(
         (
             first.profiles_created,
@@ -111,7 +110,7 @@ async fn sap_s4_preset_syncs_partners_orders_stock_and_suppliers_then_only_chang
             first.profiles_resegmented,
             first.events_delivered
         ),
-        (5, 3 + 2, 3, 5 + 5 + 3)
+        (5, 0, 3, 5 + 3)
     );
     let events_after_first = feed_len(dir);
     assert_eq!(first.events_delivered as usize, events_after_first);
@@ -196,9 +195,8 @@ async fn business_central_preset_syncs_with_a_client_credentials_token_then_only
         ),
         (9, 9, 0)
     );
-    // Two order-driven versions, two when the stock and supplier data that follow the
-    // orders settle the supply status of open lines, and the two buyers' RFM scores at the
-    // end of the run.
+    // Each profile is built once at the end of the run, orders, stock and supplier data
+    // included; then the two buyers' RFM scores.
     assert_eq!(
         (
             first.profiles_created,
@@ -206,7 +204,7 @@ async fn business_central_preset_syncs_with_a_client_credentials_token_then_only
             first.profiles_resegmented,
             first.events_delivered
         ),
-        (3, 2 + 2, 2, 3 + 4 + 2)
+        (3, 0, 2, 3 + 2)
     );
     let events_after_first = feed_len(dir);
     assert_eq!(first.events_delivered as usize, events_after_first);
@@ -306,9 +304,8 @@ async fn odoo_preset_pages_by_offset_in_the_body_then_asks_only_for_changes() {
             ]
         )]
     );
-    // Two order-driven versions, five when the order lines, stock and supplier data that
-    // follow the orders settle the supply status of open lines, and the two buyers' RFM
-    // scores at the end of the run.
+    // Each profile is built once at the end of the run, order lines, stock and supplier
+    // data included; then the two buyers' RFM scores.
     assert_eq!(
         (
             first.profiles_created,
@@ -316,7 +313,7 @@ async fn odoo_preset_pages_by_offset_in_the_body_then_asks_only_for_changes() {
             first.profiles_resegmented,
             first.events_delivered
         ),
-        (4, 2 + 5, 2, 4 + 7 + 2)
+        (4, 0, 2, 4 + 2)
     );
     let events_after_first = feed_len(dir);
     assert_eq!(first.events_delivered as usize, events_after_first);

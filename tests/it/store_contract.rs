@@ -126,6 +126,8 @@ contract!(
     stale_profile_versions_are_refused,
     identity_review_decisions_and_the_relink_queue,
     the_match_model_is_stored_once,
+    possible_matches_are_replaced_only_where_they_hold_a_scope_record,
+    the_profile_queue_takes_each_profile_once_and_rolls_back_with_its_batch,
     batch_methods_take_thousands_of_items,
     job_leases_are_granted_on_every_backend,
     open_orders_with_skus_finds_embedded_and_standalone_lines_of_open_orders_only,
@@ -983,6 +985,82 @@ async fn identity_review_decisions_and_the_relink_queue(backend: &Backend) {
     tx.commit().await.unwrap();
     let mut tx = store.begin().await.unwrap();
     assert!(tx.take_relink(10).await.unwrap().is_empty());
+}
+
+async fn possible_matches_are_replaced_only_where_they_hold_a_scope_record(backend: &Backend) {
+    let store = backend.store();
+    let (a, b, c, d) = (
+        source("crm", "contacts", "1"),
+        source("erp", "customers", "2"),
+        source("shop", "customers", "3"),
+        source("shop", "customers", "4"),
+    );
+    let pair = |x: &SourceRef, y: &SourceRef, weight: f64| PossibleMatch {
+        a: x.clone(),
+        b: y.clone(),
+        weight,
+        detail: "{}".into(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.replace_possible_matches(
+        &[],
+        &[pair(&a, &b, 0.6), pair(&b, &c, 0.5), pair(&c, &d, 0.7)],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // Rescoring around `b` alone: a–b and b–c hold it and are replaced (b–c is gone), c–d
+    // was not compared and stays.
+    let mut tx = store.begin().await.unwrap();
+    tx.replace_possible_matches(std::slice::from_ref(&b), &[pair(&a, &b, 0.8)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let pending: Vec<(SourceRef, SourceRef, f64)> = store
+        .possible_matches(Some("pending"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.pair.a, r.pair.b, r.pair.weight))
+        .collect();
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    assert!(
+        pending.contains(&(a.clone(), b.clone(), 0.8)),
+        "{pending:?}"
+    );
+    assert!(
+        pending.contains(&(c.clone(), d.clone(), 0.7)),
+        "{pending:?}"
+    );
+}
+
+async fn the_profile_queue_takes_each_profile_once_and_rolls_back_with_its_batch(
+    backend: &Backend,
+) {
+    let store = backend.store();
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    let mut tx = store.begin().await.unwrap();
+    tx.queue_profiles(&[ids[3], ids[1], ids[3]]).await.unwrap();
+    tx.queue_profiles(&[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.queue_profiles(&[ids[0], ids[1], ids[4]]).await.unwrap();
+    tx.commit().await.unwrap();
+    // A batch that rolls back queues nothing.
+    let mut tx = store.begin().await.unwrap();
+    tx.queue_profiles(&[ids[2]]).await.unwrap();
+    drop(tx);
+
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.take_profiles(2).await.unwrap(), vec![ids[0], ids[1]]);
+    drop(tx);
+    // Taking rolls back with its transaction: the same profiles come again.
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.take_profiles(2).await.unwrap(), vec![ids[0], ids[1]]);
+    assert_eq!(tx.take_profiles(10).await.unwrap(), vec![ids[3], ids[4]]);
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.take_profiles(10).await.unwrap().is_empty());
 }
 
 async fn the_match_model_is_stored_once(backend: &Backend) {
