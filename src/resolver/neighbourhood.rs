@@ -245,4 +245,88 @@ mod tests {
         .unwrap();
         assert_eq!(outcome.resolution.new_profiles.len(), 4, "{outcome:?}");
     }
+
+    #[test]
+    fn only_pairs_around_changed_records_are_compared_and_other_profiles_keep_their_members() {
+        let (p, q) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        // Stored: p holds two records of one company, q two of another.
+        let a1 = company(
+            "1",
+            "Richter Feinkost OHG",
+            "info@richter.example",
+            "+49 351 1234567",
+        );
+        let a2 = company(
+            "2",
+            "Richter Feinkost OHG",
+            "kasse@richter.example",
+            "+49 351 1234567",
+        );
+        let b1 = company(
+            "3",
+            "Sommer Textil AG",
+            "info@sommer.example",
+            "+49 351 7654321",
+        );
+        // Changed: b2 was Sommer Textil and is now another company; n is new, Richter again.
+        let b2 = company(
+            "4",
+            "Fluidtechnik Rhein GmbH",
+            "vertrieb@fluid.example",
+            "+49 221 5550100",
+        );
+        let n = company(
+            "5",
+            "Richter Feinkost OHG",
+            "info@richter.example",
+            "+49 351 1234567",
+        );
+        let customers = [a1, a2, b1, b2, n];
+        let current = [Some(p), Some(p), Some(q), Some(q), None];
+        let nodes: Vec<LinkInput> = customers
+            .iter()
+            .zip(current)
+            .map(|(c, current)| LinkInput {
+                record: c.source.clone(),
+                keys: Vec::new(),
+                current,
+            })
+            .collect();
+        let changed = [customers[3].source.clone(), customers[4].source.clone()];
+        let settings = MatchSettings::default();
+        let run = |changed: Option<&[SourceRef]>| {
+            resolve_neighbourhood(&nodes, &customers, &[], changed, &settings, Uuid::now_v7)
+                .unwrap()
+        };
+        let focused = run(Some(&changed));
+        let full = run(None);
+
+        // b1 is compared again because its profile holds a changed record; a1 and a2 are not.
+        let scope: Vec<&str> = focused.scope.iter().map(|r| r.source_id.as_str()).collect();
+        assert_eq!(scope, ["3", "4", "5"]);
+        assert!(
+            focused.candidate_pairs < full.candidate_pairs,
+            "{} pairs compared around the changes, {} in all",
+            focused.candidate_pairs,
+            full.candidate_pairs
+        );
+        let profile_of = |outcome: &NeighbourhoodOutcome, id: &str| {
+            outcome
+                .resolution
+                .assignments
+                .iter()
+                .find(|(r, _)| r.source_id == id)
+                .map(|(_, profile)| *profile)
+                .unwrap()
+        };
+        for outcome in [&focused, &full] {
+            // The new record joins Richter's profile, which keeps its id.
+            assert_eq!(profile_of(outcome, "1"), p);
+            assert_eq!(profile_of(outcome, "2"), p);
+            assert_eq!(profile_of(outcome, "5"), p);
+            // b2's change breaks its link: it splits off, b1 keeps q.
+            assert_eq!(profile_of(outcome, "3"), q);
+            assert_ne!(profile_of(outcome, "4"), q);
+        }
+    }
 }
