@@ -556,7 +556,13 @@ async fn relink_queued(
         let (affected, merges) =
             relink(tx.as_mut(), queued, batcher.matching.as_ref(), summary).await?;
         batcher
-            .rebuild(tx.as_mut(), &affected, &merges, summary)
+            .rebuild(
+                tx.as_mut(),
+                &affected,
+                &merges,
+                &mut SupplyCache::default(),
+                summary,
+            )
             .await?;
         tx.commit().await?;
     }
@@ -753,7 +759,14 @@ impl Batcher<'_> {
         // ([`build_queued`]): a customer whose orders, stock and supplier items arrive in many
         // batches would otherwise get a version per batch.
         let survivors: BTreeSet<Uuid> = merges.keys().copied().collect();
-        self.rebuild(tx, &survivors, &merges, summary).await?;
+        self.rebuild(
+            tx,
+            &survivors,
+            &merges,
+            &mut SupplyCache::default(),
+            summary,
+        )
+        .await?;
         let deferred: Vec<Uuid> = affected.difference(&survivors).copied().collect();
         tx.queue_profiles(&deferred).await?;
         summary.stages.build += lap(&mut clock);
@@ -766,6 +779,7 @@ impl Batcher<'_> {
         tx: &mut dyn StoreTx,
         profiles: &BTreeSet<Uuid>,
         merges: &BTreeMap<Uuid, Vec<Uuid>>,
+        cache: &mut SupplyCache,
         summary: &mut RunSummary,
     ) -> Result<(), StoreError> {
         let ids: Vec<Uuid> = profiles.iter().copied().collect();
@@ -776,7 +790,8 @@ impl Batcher<'_> {
             .map(|c| (c.source.system.clone(), c.source.source_id.clone()))
             .collect();
         let mut orders = tx.orders_of_customers(&owners).await?;
-        let supply = self.supply(tx, orders.values().flatten()).await?;
+        self.supply(tx, orders.values().flatten(), cache).await?;
+        let supply = &cache.supply;
         let latest = tx.latest_profiles(&ids).await?;
         let previous = tx.latest_profile_bodies(&ids).await?;
         let mut writes = Vec::new();
@@ -800,7 +815,7 @@ impl Batcher<'_> {
                 merged_ids,
                 &members,
                 &member_orders,
-                &supply,
+                supply,
                 previous.get(&profile_id).map(|p| &p.segment),
                 &self.settings,
             );
@@ -821,25 +836,38 @@ impl Batcher<'_> {
         tx.write_profiles(&writes).await
     }
 
-    /// The supply picture of the open lines of `orders`: every open order competing for
-    /// their SKUs, the SKUs' stock, supplier lead times and products.
+    /// Adds to `cache` the supply picture of the open lines of `orders`: every open order
+    /// competing for their SKUs, the SKUs' stock, supplier lead times and products. SKUs the
+    /// cache already holds are not read again.
     async fn supply<'o>(
         &self,
         tx: &mut dyn StoreTx,
         orders: impl Iterator<Item = &'o Order> + Clone,
-    ) -> Result<profile::Supply, StoreError> {
-        let open = profile::open_skus(orders.clone());
-        let all: Vec<String> = orders
+        cache: &mut SupplyCache,
+    ) -> Result<(), StoreError> {
+        if cache.supply.lines.len() > SupplyCache::MAX_LINES {
+            *cache = SupplyCache::default();
+        }
+        let open: BTreeSet<String> = profile::open_skus(orders.clone())
+            .into_iter()
+            .filter(|sku| !cache.allocated.contains(sku))
+            .collect();
+        let described: Vec<String> = orders
             .flat_map(|o| &o.lines)
             .filter_map(|l| l.sku.clone())
+            .filter(|sku| !cache.described.contains(sku))
+            .chain(open.iter().cloned())
             .collect::<BTreeSet<String>>()
             .into_iter()
             .collect();
+        if described.is_empty() {
+            return Ok(());
+        }
         let open_list: Vec<String> = open.iter().cloned().collect();
         let competing = tx.open_orders_with_skus(&open_list).await?;
         let (mut inventory, mut supplier_items, mut products) =
             (Vec::new(), Vec::new(), Vec::new());
-        for record in tx.sku_records(&all).await? {
+        for record in tx.sku_records(&described).await? {
             match record {
                 Record::Inventory(item) => inventory.push(item),
                 Record::SupplierItem(item) => supplier_items.push(item),
@@ -847,14 +875,19 @@ impl Batcher<'_> {
                 _ => {}
             }
         }
-        Ok(profile::allocate(
+        let fresh = profile::allocate(
             &competing,
             &inventory,
             &supplier_items,
             &products,
             &open,
             self.settings.today,
-        ))
+        );
+        cache.supply.lines.extend(fresh.lines);
+        cache.supply.categories.extend(fresh.categories);
+        cache.allocated.extend(open);
+        cache.described.extend(described);
+        Ok(())
     }
 
     /// The store write of a profile version and its event; counts its data quality.
@@ -881,6 +914,24 @@ impl Batcher<'_> {
     }
 }
 
+/// The supply picture of the SKUs read so far: each SKU's stock is allocated over every open
+/// order on it, whichever profile asks, so the profiles built after one another in a run share
+/// one allocation per SKU instead of each chunk reading the competing orders again. Valid while
+/// no order, stock or supplier record changes, so it lives for one build pass.
+#[derive(Default)]
+struct SupplyCache {
+    supply: profile::Supply,
+    /// SKUs whose open lines are allocated in `supply`.
+    allocated: HashSet<String>,
+    /// SKUs whose product category is in `supply` (when they have one).
+    described: HashSet<String>,
+}
+
+impl SupplyCache {
+    /// Allocated lines held before the cache starts over, bounding its memory.
+    const MAX_LINES: usize = 500_000;
+}
+
 /// Queued profiles built per transaction by [`build_queued`].
 const BUILD_CHUNK: i64 = 2_000;
 
@@ -892,6 +943,7 @@ async fn build_queued(
     batcher: &Batcher<'_>,
     summary: &mut RunSummary,
 ) -> Result<(), PipelineError> {
+    let mut cache = SupplyCache::default();
     loop {
         let mut tx = store.begin().await?;
         let queued = tx.take_profiles(BUILD_CHUNK).await?;
@@ -900,7 +952,7 @@ async fn build_queued(
         }
         let ids: BTreeSet<Uuid> = queued.into_iter().collect();
         batcher
-            .rebuild(tx.as_mut(), &ids, &BTreeMap::new(), summary)
+            .rebuild(tx.as_mut(), &ids, &BTreeMap::new(), &mut cache, summary)
             .await?;
         tx.commit().await?;
     }
