@@ -718,40 +718,15 @@ impl Batcher<'_> {
         summary.stages.resolve += lap(&mut clock);
         let line_orders: Vec<(String, String)> = line_orders.into_iter().collect();
         order_customers.extend(tx.customers_of_orders(&line_orders).await?);
-        // Only the profiles with open lines on a changed SKU are re-evaluated for supply.
-        let skus: Vec<String> = changed_skus
-            .keys()
-            .cloned()
-            .chain(changed_lines.iter().map(|(_, _, sku)| sku.clone()))
-            .collect::<BTreeSet<String>>()
-            .into_iter()
-            .collect();
-        let competing = tx.open_orders_with_skus(&skus).await?;
-        for (system, order_id, sku) in changed_lines {
-            // A line of an order that is not open takes no stock.
-            if let Some(order) = competing
-                .iter()
-                .find(|o| o.source.system == system && o.source.source_id == order_id)
-            {
-                let from = order.ordered_at.unwrap_or(Timestamp::MAX);
-                affects_from(&mut changed_skus, sku, Some(from));
-            }
+        // A standalone line's order date is not at hand: its SKU is re-evaluated for every
+        // open order. Which profiles a supply change reaches is worked out once per run, when
+        // the queued profiles are built ([`queue_supply_changes`]), not per batch: finding the
+        // open orders on a SKU reads every open order.
+        for (_, _, sku) in changed_lines {
+            affects_from(&mut changed_skus, sku, None);
         }
-        for order in competing {
-            let at = order.ordered_at.unwrap_or(Timestamp::MAX);
-            let affected = order
-                .lines
-                .iter()
-                .filter_map(|l| l.sku.as_ref())
-                .any(|sku| {
-                    changed_skus
-                        .get(sku)
-                        .is_some_and(|from| from.is_none_or(|from| at >= from))
-                });
-            if affected && let Some(customer) = order.customer_id {
-                order_customers.insert((order.source.system, customer));
-            }
-        }
+        let changed_skus: Vec<(String, Option<Timestamp>)> = changed_skus.into_iter().collect();
+        tx.queue_supply(&changed_skus).await?;
         let order_customers: Vec<(String, String)> = order_customers.into_iter().collect();
         affected.extend(tx.profiles_of_customer_ids(&order_customers).await?);
         // Survivors of a merge are built at once, so the `merged` event commits with the
@@ -932,6 +907,41 @@ impl SupplyCache {
     const MAX_LINES: usize = 500_000;
 }
 
+/// Queues the profiles a queued supply change reaches: those with an open order on one of the
+/// SKUs, as new as the change or newer (stock goes to the oldest orders first, so a changed
+/// order moves only the allocation of orders as new as it or newer).
+async fn queue_supply_changes(tx: &mut dyn StoreTx) -> Result<(), StoreError> {
+    let changed: BTreeMap<String, Option<Timestamp>> =
+        tx.take_supply().await?.into_iter().collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let skus: Vec<String> = changed.keys().cloned().collect();
+    let mut customers = BTreeSet::new();
+    for order in tx.open_orders_with_skus(&skus).await? {
+        let at = order.ordered_at.unwrap_or(Timestamp::MAX);
+        let reached = order
+            .lines
+            .iter()
+            .filter_map(|l| l.sku.as_ref())
+            .any(|sku| {
+                changed
+                    .get(sku)
+                    .is_some_and(|from| from.is_none_or(|from| at >= from))
+            });
+        if reached && let Some(customer) = order.customer_id {
+            customers.insert((order.source.system, customer));
+        }
+    }
+    let customers: Vec<(String, String)> = customers.into_iter().collect();
+    let profiles: Vec<Uuid> = tx
+        .profiles_of_customer_ids(&customers)
+        .await?
+        .into_iter()
+        .collect();
+    tx.queue_profiles(&profiles).await
+}
+
 /// Queued profiles built per transaction by [`build_queued`].
 const BUILD_CHUNK: i64 = 2_000;
 
@@ -943,6 +953,9 @@ async fn build_queued(
     batcher: &Batcher<'_>,
     summary: &mut RunSummary,
 ) -> Result<(), PipelineError> {
+    let mut tx = store.begin().await?;
+    queue_supply_changes(tx.as_mut()).await?;
+    tx.commit().await?;
     let mut cache = SupplyCache::default();
     loop {
         let mut tx = store.begin().await?;

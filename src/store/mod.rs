@@ -375,6 +375,14 @@ pub trait StoreTx: Send {
     /// Takes up to `limit` queued profiles off the queue, in id order (the removal commits
     /// with the versions built from them).
     async fn take_profiles(&mut self, limit: i64) -> Result<Vec<Uuid>, StoreError>;
+    /// Queues SKUs whose supply picture a batch changed, each with the order time from which
+    /// open orders on it are affected (`None`: all); a SKU queued twice keeps the earlier.
+    async fn queue_supply(
+        &mut self,
+        skus: &[(String, Option<Timestamp>)],
+    ) -> Result<(), StoreError>;
+    /// Takes every queued SKU off the supply queue, in SKU order.
+    async fn take_supply(&mut self) -> Result<Vec<(String, Option<Timestamp>)>, StoreError>;
     /// Stores the estimated match model (JSON).
     async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError>;
 

@@ -1204,6 +1204,46 @@ impl StoreTx for PostgresTx {
         Ok(ids)
     }
 
+    async fn queue_supply(
+        &mut self,
+        skus: &[(String, Option<Timestamp>)],
+    ) -> Result<(), StoreError> {
+        if skus.is_empty() {
+            return Ok(());
+        }
+        // One row per SKU: ON CONFLICT cannot touch a row twice in one statement.
+        let mut earliest: std::collections::BTreeMap<&str, Option<i64>> =
+            std::collections::BTreeMap::new();
+        for (sku, from) in skus {
+            let from = from.map(|t| t.as_microsecond());
+            let entry = earliest.entry(sku.as_str()).or_insert(from);
+            if from.is_none() || entry.is_some_and(|e| from.is_some_and(|f| f < e)) {
+                *entry = from;
+            }
+        }
+        let (names, froms): (Vec<&str>, Vec<Option<i64>>) = earliest.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO supply_queue (sku, changed_from) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+             ON CONFLICT (sku) DO UPDATE SET changed_from = CASE \
+                 WHEN supply_queue.changed_from IS NULL OR excluded.changed_from IS NULL \
+                 THEN NULL ELSE LEAST(supply_queue.changed_from, excluded.changed_from) END",
+        )
+        .bind(&names)
+        .bind(&froms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_supply(&mut self) -> Result<Vec<(String, Option<Timestamp>)>, StoreError> {
+        let rows: Vec<(String, Option<i64>)> =
+            sqlx::query_as("DELETE FROM supply_queue RETURNING sku, changed_from")
+                .fetch_all(&mut *self.tx)
+                .await?;
+        super::rows::supply_rows(rows)
+    }
+
     async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO match_model (id, body, trained_at) VALUES (1, $1, now()) \

@@ -273,3 +273,21 @@ pub(crate) fn metric_row(
         },
     })
 }
+
+/// Supply queue rows, `(sku, changed_from in microseconds)`, in SKU order.
+pub(crate) fn supply_rows(
+    mut rows: Vec<(String, Option<i64>)>,
+) -> Result<Vec<(String, Option<jiff::Timestamp>)>, StoreError> {
+    rows.sort();
+    rows.into_iter()
+        .map(|(sku, from)| {
+            let from = from
+                .map(|m| {
+                    jiff::Timestamp::from_microsecond(m)
+                        .map_err(|e| StoreError::Corrupt(format!("supply queue: SKU {sku}: {e}")))
+                })
+                .transpose()?;
+            Ok((sku, from))
+        })
+        .collect()
+}

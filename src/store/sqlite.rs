@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::rows::{
     decode_customer, decode_line_item, decode_order, decode_record, distinct, in_input_order,
     ingested_file, last_match_keys, metric_row, parent_ids, parse_time, parse_uuid, plan_upserts,
-    position, source_ref, stored_size,
+    position, source_ref, stored_size, supply_rows,
 };
 use super::{
     BlockLookup, IdentityDecision, JobRun, PossibleMatch, PossibleMatchRow, ProfileWrite,
@@ -1170,6 +1170,38 @@ impl StoreTx for SqliteTx {
             .collect::<Result<Vec<Uuid>, StoreError>>()?;
         ids.sort();
         Ok(ids)
+    }
+
+    async fn queue_supply(
+        &mut self,
+        skus: &[(String, Option<Timestamp>)],
+    ) -> Result<(), StoreError> {
+        if skus.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(&str, Option<i64>)> = skus
+            .iter()
+            .map(|(sku, from)| (sku.as_str(), from.map(|t| t.as_microsecond())))
+            .collect();
+        sqlx::query(
+            "INSERT INTO supply_queue (sku, changed_from) \
+             SELECT value ->> 0, value ->> 1 FROM json_each($1) WHERE true \
+             ON CONFLICT (sku) DO UPDATE SET changed_from = CASE \
+                 WHEN supply_queue.changed_from IS NULL OR excluded.changed_from IS NULL \
+                 THEN NULL ELSE min(supply_queue.changed_from, excluded.changed_from) END",
+        )
+        .bind(json_list(&rows, "skus")?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_supply(&mut self) -> Result<Vec<(String, Option<Timestamp>)>, StoreError> {
+        let rows: Vec<(String, Option<i64>)> =
+            sqlx::query_as("DELETE FROM supply_queue RETURNING sku, changed_from")
+                .fetch_all(&mut *self.tx)
+                .await?;
+        supply_rows(rows)
     }
 
     async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError> {

@@ -128,6 +128,7 @@ contract!(
     the_match_model_is_stored_once,
     possible_matches_are_replaced_only_where_they_hold_a_scope_record,
     the_profile_queue_takes_each_profile_once_and_rolls_back_with_its_batch,
+    the_supply_queue_keeps_the_earliest_change_per_sku,
     batch_methods_take_thousands_of_items,
     job_leases_are_granted_on_every_backend,
     open_orders_with_skus_finds_embedded_and_standalone_lines_of_open_orders_only,
@@ -1061,6 +1062,50 @@ async fn the_profile_queue_takes_each_profile_once_and_rolls_back_with_its_batch
     tx.commit().await.unwrap();
     let mut tx = store.begin().await.unwrap();
     assert!(tx.take_profiles(10).await.unwrap().is_empty());
+}
+
+async fn the_supply_queue_keeps_the_earliest_change_per_sku(backend: &Backend) {
+    let store = backend.store();
+    let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.queue_supply(&[
+        ("SKU-B".into(), Some(at("2024-05-02T10:00:00Z"))),
+        ("SKU-A".into(), Some(at("2024-05-03T10:00:00Z"))),
+        ("SKU-C".into(), None),
+        // Twice in one call: the earlier counts.
+        ("SKU-B".into(), Some(at("2024-05-01T10:00:00Z"))),
+    ])
+    .await
+    .unwrap();
+    tx.queue_supply(&[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.queue_supply(&[
+        // Later than queued: no change; earlier: moves back; None: every open order.
+        ("SKU-B".into(), Some(at("2024-05-09T10:00:00Z"))),
+        ("SKU-A".into(), Some(at("2024-04-30T10:00:00Z"))),
+        ("SKU-D".into(), Some(at("2024-05-05T10:00:00Z"))),
+        ("SKU-D".into(), None),
+        ("SKU-C".into(), Some(at("2024-05-05T10:00:00Z"))),
+    ])
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let expected = vec![
+        ("SKU-A".to_string(), Some(at("2024-04-30T10:00:00Z"))),
+        ("SKU-B".to_string(), Some(at("2024-05-01T10:00:00Z"))),
+        ("SKU-C".to_string(), None),
+        ("SKU-D".to_string(), None),
+    ];
+    // Taking rolls back with its transaction.
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.take_supply().await.unwrap(), expected);
+    drop(tx);
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.take_supply().await.unwrap(), expected);
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.take_supply().await.unwrap().is_empty());
 }
 
 async fn the_match_model_is_stored_once(backend: &Backend) {

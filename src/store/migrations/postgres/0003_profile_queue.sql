@@ -4,3 +4,11 @@
 CREATE TABLE profile_queue (
     profile_id UUID PRIMARY KEY
 );
+
+-- SKUs whose stock, supplier lead times, product or competing demand a committed batch changed,
+-- with the order time (microseconds since the epoch) from which open orders on them are
+-- affected (NULL: all). Resolved into queued profiles once, when the run builds them.
+CREATE TABLE supply_queue (
+    sku          TEXT COLLATE "C" PRIMARY KEY,
+    changed_from BIGINT
+);
