@@ -415,6 +415,8 @@ lead_time_days = "lead_time_days"
     ),
 ];
 
+const BENCH_SCHEMA: &str = "conflux_bench";
+
 fn write_project(root: &Path, store: &str, amqp: Option<&str>, exchange: &str) {
     for (path, text) in CONNECTORS {
         let path = root.join(path);
@@ -427,8 +429,14 @@ fn write_project(root: &Path, store: &str, amqp: Option<&str>, exchange: &str) {
         ),
         None => "[feed]\nsink = \"file\"\npath = \".conflux/feed.ndjson\"\n".to_string(),
     };
+    // On PostgreSQL the benchmark works in its own schema, emptied first (see `main`).
+    let schema = if store.starts_with("postgres") {
+        format!("schema = \"{BENCH_SCHEMA}\"\n")
+    } else {
+        String::new()
+    };
     let config = format!(
-        "instance = \"bench\"\n\n[store]\nurl = \"{store}\"\n\n{feed}\n[identity]\nmatch_on = [\"email\", \"identifier:vat\"]\n\n\
+        "instance = \"bench\"\n\n[store]\nurl = \"{store}\"\n{schema}\n{feed}\n[identity]\nmatch_on = [\"email\", \"identifier:vat\"]\n\n\
          [[job]]\nname = \"all\"\nsync = [\"crm\", \"erp.partners\", \"shop\", \"erp.orders\", \"warehouse\", \"suppliers\"]\n"
     );
     std::fs::create_dir_all(root.join("config")).unwrap();
@@ -585,6 +593,21 @@ fn main() {
         .unwrap_or_else(|_| "sqlite://.conflux/bench.db".to_string());
     let exchange = format!("conflux.bench.{}", std::process::id());
     write_project(root, &store, amqp.as_deref(), &exchange);
+    if store.starts_with("postgres") {
+        let url = store.clone();
+        let drop = format!("DROP SCHEMA IF EXISTS {BENCH_SCHEMA} CASCADE");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(drop))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            });
+    }
 
     let generating = Instant::now();
     let s = generate(root, customers, 42);

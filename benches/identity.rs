@@ -81,7 +81,7 @@ fn main() {
             run.possible_matches,
             peak_rss_mib()
         );
-        print!("{run}");
+        println!("{run}");
         let store = pipeline::open_store(&config).await.expect("the store opens");
         let truth = Truth::read(&path.join("truth.csv")).expect("the truth reads");
         let started = Instant::now();
@@ -106,7 +106,7 @@ fn main() {
                 run.profiles_merged,
                 peak_rss_mib()
             );
-            print!("{run}");
+            println!("{run}");
             let eval = evaluate_store(store.as_ref(), &truth, 3)
                 .await
                 .expect("evaluation");

@@ -322,6 +322,9 @@ async fn run_streams(
     // as their events are delivered. Segments are relative to the whole customer base:
     // recomputed once the base is current.
     let building = std::time::Instant::now();
+    if summary.records_inserted + summary.records_updated >= STATISTICS_FROM {
+        store.refresh_statistics().await?;
+    }
     let built = build_queued(store, &batcher, &mut summary).await;
     let synced = match (synced, built) {
         (Ok(()), Ok(())) => resegment(store, &batcher, &mut summary).await,
@@ -361,6 +364,9 @@ async fn sync_streams(
     batcher: &Batcher<'_>,
     summary: &mut RunSummary,
 ) -> Result<(), PipelineError> {
+    // The store's statistics are refreshed each time the records written by this run double,
+    // so a store that grows from nothing is not planned as an empty one.
+    let mut refresh_at = STATISTICS_FROM;
     for (connector_id, stream_name) in pairs {
         let connector = &config.connectors[connector_id];
         let source_error = |source| PipelineError::Source {
@@ -424,6 +430,11 @@ async fn sync_streams(
                 .await?;
             let committing = std::time::Instant::now();
             tx.commit().await?;
+            let written = summary.records_inserted + summary.records_updated;
+            if written >= refresh_at {
+                store.refresh_statistics().await?;
+                refresh_at = written.saturating_mul(2);
+            }
             summary.stages.commit += committing.elapsed();
             if matches!(checkpoint, Checkpoint::FileDone(_)) {
                 summary.files_read += 1;
@@ -941,6 +952,9 @@ async fn queue_supply_changes(tx: &mut dyn StoreTx) -> Result<(), StoreError> {
         .collect();
     tx.queue_profiles(&profiles).await
 }
+
+/// Records a run writes before the store's statistics are first refreshed.
+const STATISTICS_FROM: u64 = 5_000;
 
 /// Queued profiles built per transaction by [`build_queued`].
 const BUILD_CHUNK: i64 = 2_000;

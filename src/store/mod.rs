@@ -237,6 +237,13 @@ pub trait Store: Send + Sync {
         let _ = (job, holder, ttl);
         Ok(true)
     }
+    /// Refreshes the planner's statistics after bulk writes. PostgreSQL plans the batch
+    /// queries from them, and a table that grew from nothing in one run would otherwise be
+    /// planned as if it were still empty (sequential scans of every link per batch). The
+    /// default has nothing to do.
+    async fn refresh_statistics(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Gives up this handle's claims on undelivered outbox rows (its relay stopped), so the
     /// next relay on any replica takes them at once instead of after the claim expires. The
     /// default has nothing to release: an embedded store does not claim.

@@ -680,6 +680,16 @@ impl Store for PostgresStore {
         Ok(renewed.rows_affected() == 1)
     }
 
+    async fn refresh_statistics(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "ANALYZE records, match_keys, links, profiles, profile_versions, outbox, \
+             profile_queue, supply_queue",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn release_claims(&self) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL \
