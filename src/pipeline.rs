@@ -671,8 +671,6 @@ impl Batcher<'_> {
         // SKUs whose stock, lead times, category or competing demand changed, with the
         // order date from which their open orders are affected (`None`: all of them).
         let mut changed_skus: BTreeMap<String, Option<Timestamp>> = BTreeMap::new();
-        // Standalone lines: (system, order id, SKU); their order's date decides.
-        let mut changed_lines = Vec::new();
         for (record, outcome) in records.into_iter().zip(outcomes) {
             match outcome {
                 Upsert::Unchanged => {
@@ -707,12 +705,10 @@ impl Batcher<'_> {
                     }
                 }
                 Record::OrderLine(item) => {
-                    if let Some(sku) = item.line.sku.clone() {
-                        changed_lines.push((
-                            item.source.system.clone(),
-                            item.order_id.clone(),
-                            sku,
-                        ));
+                    // A standalone line's order date is not at hand here: its SKU is
+                    // re-evaluated for every open order.
+                    if let Some(sku) = item.line.sku {
+                        affects_from(&mut changed_skus, sku, None);
                     }
                     line_orders.insert((item.source.system, item.order_id));
                 }
@@ -729,13 +725,9 @@ impl Batcher<'_> {
         summary.stages.resolve += lap(&mut clock);
         let line_orders: Vec<(String, String)> = line_orders.into_iter().collect();
         order_customers.extend(tx.customers_of_orders(&line_orders).await?);
-        // A standalone line's order date is not at hand: its SKU is re-evaluated for every
-        // open order. Which profiles a supply change reaches is worked out once per run, when
-        // the queued profiles are built ([`queue_supply_changes`]), not per batch: finding the
-        // open orders on a SKU reads every open order.
-        for (_, _, sku) in changed_lines {
-            affects_from(&mut changed_skus, sku, None);
-        }
+        // Which profiles a supply change reaches is worked out once per run, when the queued
+        // profiles are built ([`queue_supply_changes`]), not per batch: finding the open
+        // orders on a SKU reads every open order.
         let changed_skus: Vec<(String, Option<Timestamp>)> = changed_skus.into_iter().collect();
         tx.queue_supply(&changed_skus).await?;
         let order_customers: Vec<(String, String)> = order_customers.into_iter().collect();

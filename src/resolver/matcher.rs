@@ -115,6 +115,12 @@ pub fn match_all(
     let mut order: Vec<usize> = (0..customers.len()).collect();
     order.sort_by(|&a, &b| customers[a].source.cmp(&customers[b].source));
     let record = |i: u32| &customers[order[i as usize]].source;
+    let index = |r: &SourceRef| {
+        order
+            .binary_search_by(|&i| customers[i].source.cmp(r))
+            .ok()
+            .map(|i| i as u32)
+    };
 
     let started = Instant::now();
     let preparer = Preparer::new(&settings.normalise);
@@ -136,10 +142,8 @@ pub fn match_all(
         None => pairs,
         Some(focus) => {
             let mut focused = vec![false; order.len()];
-            for r in focus {
-                if let Ok(i) = order.binary_search_by(|&i| customers[i].source.cmp(r)) {
-                    focused[i] = true;
-                }
+            for i in focus.iter().filter_map(index) {
+                focused[i as usize] = true;
             }
             pairs
                 .into_iter()
@@ -195,12 +199,6 @@ pub fn match_all(
     times.score += started.elapsed();
 
     let started = Instant::now();
-    let index = |r: &SourceRef| {
-        order
-            .binary_search_by(|&i| customers[i].source.cmp(r))
-            .ok()
-            .map(|i| i as u32)
-    };
     let by_index = |list: &[(SourceRef, SourceRef)]| -> Vec<(u32, u32)> {
         list.iter()
             .filter_map(|(a, b)| Some((index(a)?, index(b)?)))
