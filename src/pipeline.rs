@@ -318,13 +318,18 @@ async fn run_streams(
         Ok(()) => sync_streams(config, pairs, store, &batcher, &mut summary).await,
         Err(error) => Err(error),
     };
-    // The profiles the committed batches changed are built even when a stream failed later,
-    // as their events are delivered. Segments are relative to the whole customer base:
-    // recomputed once the base is current.
-    let building = std::time::Instant::now();
+    // The customers the committed batches changed are resolved and their profiles built
+    // even when a stream failed later, as their events are delivered. Segments are relative
+    // to the whole customer base: recomputed once the base is current.
     if summary.records_inserted + summary.records_updated >= STATISTICS_FROM {
         store.refresh_statistics().await?;
     }
+    let relinked = relink_queued(store, &batcher, &mut summary).await;
+    let synced = match (synced, relinked) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(error), _) | (_, Err(error)) => Err(error),
+    };
+    let building = std::time::Instant::now();
     let built = build_queued(store, &batcher, &mut summary).await;
     let synced = match (synced, built) {
         (Ok(()), Ok(())) => resegment(store, &batcher, &mut summary).await,
@@ -558,23 +563,57 @@ async fn relink_queued(
     batcher: &Batcher<'_>,
     summary: &mut RunSummary,
 ) -> Result<(), PipelineError> {
+    let resolving = std::time::Instant::now();
+    let relinked = relink_chunks(store, batcher, summary).await;
+    summary.stages.resolve += resolving.elapsed();
+    relinked
+}
+
+/// Customer records resolved per transaction by [`relink_queued`]. The larger, the fewer
+/// times the neighbourhood shared by two chunks is gathered and compared; memory grows with
+/// it (about 1 KiB per record of the neighbourhood).
+const RELINK_CHUNK: i64 = 50_000;
+
+/// A backlog of at least 1/`WHOLE_GRAPH_SHARE` of the stored customer records is resolved
+/// over the whole identity graph at once ([`relink_whole`]), when the store holds at most
+/// `WHOLE_GRAPH_MAX` of them (the graph is then held in memory, about 1 KiB a record).
+const WHOLE_GRAPH_SHARE: i64 = 4;
+const WHOLE_GRAPH_MAX: i64 = 2_000_000;
+
+async fn relink_chunks(
+    store: &dyn Store,
+    batcher: &Batcher<'_>,
+    summary: &mut RunSummary,
+) -> Result<(), PipelineError> {
     loop {
         let mut tx = store.begin().await?;
-        let queued = tx.take_relink(1000).await?;
-        if queued.is_empty() {
+        let (queued, stored) = tx.relink_backlog().await?;
+        if queued == 0 {
             return Ok(());
         }
+        let matching = batcher.matching.as_ref();
         let (affected, merges) =
-            relink(tx.as_mut(), queued, batcher.matching.as_ref(), summary).await?;
+            if queued.saturating_mul(WHOLE_GRAPH_SHARE) >= stored && stored <= WHOLE_GRAPH_MAX {
+                let changed = tx.take_relink(queued).await?;
+                relink_whole(tx.as_mut(), changed, matching, summary).await?
+            } else {
+                let changed = tx.take_relink(RELINK_CHUNK).await?;
+                relink(tx.as_mut(), changed, matching, summary).await?
+            };
+        // Survivors of a merge are built at once, so the `merged` event commits with the
+        // retirement; every other profile is queued and built once by [`build_queued`].
+        let survivors: BTreeSet<Uuid> = merges.keys().copied().collect();
         batcher
             .rebuild(
                 tx.as_mut(),
-                &affected,
+                &survivors,
                 &merges,
                 &mut SupplyCache::default(),
                 summary,
             )
             .await?;
+        let deferred: Vec<Uuid> = affected.difference(&survivors).copied().collect();
+        tx.queue_profiles(&deferred).await?;
         tx.commit().await?;
     }
 }
@@ -719,10 +758,12 @@ impl Batcher<'_> {
             }
         }
         tx.set_match_keys_many(&customer_keys).await?;
-        summary.stages.store += lap(&mut clock);
+        // Identities are resolved once per run, over every changed customer at once
+        // ([`relink_queued`]): per batch, each batch gathered and compared a neighbourhood
+        // that mostly overlapped the previous batch's. The queue commits with the records.
         let changed: Vec<SourceRef> = customer_keys.into_iter().map(|(r, _)| r).collect();
-        let (mut affected, merges) = relink(tx, changed, self.matching.as_ref(), summary).await?;
-        summary.stages.resolve += lap(&mut clock);
+        tx.queue_relink(&changed).await?;
+        summary.stages.store += lap(&mut clock);
         let line_orders: Vec<(String, String)> = line_orders.into_iter().collect();
         order_customers.extend(tx.customers_of_orders(&line_orders).await?);
         // Which profiles a supply change reaches is worked out once per run, when the queued
@@ -730,23 +771,16 @@ impl Batcher<'_> {
         // orders on a SKU reads every open order.
         let changed_skus: Vec<(String, Option<Timestamp>)> = changed_skus.into_iter().collect();
         tx.queue_supply(&changed_skus).await?;
+        // Every profile is built once by the end of the run ([`build_queued`]): a customer
+        // whose orders, stock and supplier items arrive in many batches would otherwise get a
+        // version per batch. A customer not linked yet gets its profile when it is.
         let order_customers: Vec<(String, String)> = order_customers.into_iter().collect();
-        affected.extend(tx.profiles_of_customer_ids(&order_customers).await?);
-        // Survivors of a merge are built at once, so the `merged` event commits with the
-        // retirement. Every other profile is queued and built once by the end of the run
-        // ([`build_queued`]): a customer whose orders, stock and supplier items arrive in many
-        // batches would otherwise get a version per batch.
-        let survivors: BTreeSet<Uuid> = merges.keys().copied().collect();
-        self.rebuild(
-            tx,
-            &survivors,
-            &merges,
-            &mut SupplyCache::default(),
-            summary,
-        )
-        .await?;
-        let deferred: Vec<Uuid> = affected.difference(&survivors).copied().collect();
-        tx.queue_profiles(&deferred).await?;
+        let affected: Vec<Uuid> = tx
+            .profiles_of_customer_ids(&order_customers)
+            .await?
+            .into_iter()
+            .collect();
+        tx.queue_profiles(&affected).await?;
         summary.stages.build += lap(&mut clock);
         Ok(())
     }
@@ -1101,10 +1135,82 @@ async fn relink(
         .map(|d| (d.a, d.b, d.link))
         .collect();
     let inputs: Vec<LinkInput> = nodes.into_values().collect();
-    let outcome = resolver::neighbourhood::resolve_neighbourhood(
+    resolve_nodes(
+        tx,
         &inputs,
         &customers,
         &decisions,
+        changed,
+        Some(matching),
+        summary,
+    )
+    .await
+}
+
+/// Customer records read per statement by [`relink_whole`].
+const IDENTITY_PAGE: i64 = 20_000;
+
+/// [`relink`] over the whole identity graph, read in pages in source-ref order instead of
+/// gathered record by record: for a run whose changes are a large share of the store (the
+/// first load above all), reading everything costs less than looking up the neighbourhood
+/// of each change.
+async fn relink_whole(
+    tx: &mut dyn StoreTx,
+    changed: Vec<SourceRef>,
+    matching: Option<&MatchSettings>,
+    summary: &mut RunSummary,
+) -> Result<(BTreeSet<Uuid>, BTreeMap<Uuid, Vec<Uuid>>), PipelineError> {
+    let mut inputs = Vec::new();
+    let mut customers = Vec::new();
+    let mut after: Option<SourceRef> = None;
+    loop {
+        let page = tx.identity_page(after.as_ref(), IDENTITY_PAGE).await?;
+        let done = (page.len() as i64) < IDENTITY_PAGE;
+        after = page.last().map(|n| n.customer.source.clone());
+        for node in page {
+            inputs.push(LinkInput {
+                record: node.customer.source.clone(),
+                keys: node.keys,
+                current: node.current,
+            });
+            customers.push(node.customer);
+        }
+        if done {
+            break;
+        }
+    }
+    let decisions: Vec<(SourceRef, SourceRef, bool)> = tx
+        .all_decisions()
+        .await?
+        .into_iter()
+        .map(|d| (d.a, d.b, d.link))
+        .collect();
+    resolve_nodes(
+        tx, &inputs, &customers, &decisions, changed, matching, summary,
+    )
+    .await
+}
+
+/// Resolves a closed neighbourhood (`inputs`, with the bodies `customers` and the
+/// `decisions` on its pairs) around the `changed` records and stores the outcome: links,
+/// retirements and possible matches for review.
+async fn resolve_nodes(
+    tx: &mut dyn StoreTx,
+    inputs: &[LinkInput],
+    customers: &[Customer],
+    decisions: &[(SourceRef, SourceRef, bool)],
+    changed: Vec<SourceRef>,
+    matching: Option<&MatchSettings>,
+    summary: &mut RunSummary,
+) -> Result<(BTreeSet<Uuid>, BTreeMap<Uuid, Vec<Uuid>>), PipelineError> {
+    let Some(matching) = matching else {
+        let resolution = resolver::resolve(inputs, Uuid::now_v7);
+        return Ok(store_resolution(tx, inputs, &resolution, &changed).await?);
+    };
+    let outcome = resolver::neighbourhood::resolve_neighbourhood(
+        inputs,
+        customers,
+        decisions,
         Some(&changed),
         matching,
         Uuid::now_v7,
@@ -1136,7 +1242,7 @@ async fn relink(
         .collect();
     summary.possible_matches += review.len() as u64;
     tx.replace_possible_matches(&outcome.scope, &review).await?;
-    Ok(store_resolution(tx, &inputs, &outcome.resolution, &changed).await?)
+    Ok(store_resolution(tx, inputs, &outcome.resolution, &changed).await?)
 }
 
 /// Adds `pending` and everything reachable from it to `nodes`: records sharing a strong key

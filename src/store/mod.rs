@@ -120,6 +120,15 @@ impl IdentityDecision {
     }
 }
 
+/// One stored customer record with its match keys (sorted) and current link, as read by
+/// [`StoreTx::identity_page`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityNode {
+    pub customer: Customer,
+    pub keys: Vec<String>,
+    pub current: Option<Uuid>,
+}
+
 /// A pair scored in the review band: `a` is the smaller source ref, `detail` the comparison
 /// level of each field (JSON) so a reviewer sees why.
 #[derive(Debug, Clone, PartialEq)]
@@ -390,6 +399,19 @@ pub trait StoreTx: Send {
     ) -> Result<(), StoreError>;
     /// Takes every queued SKU off the supply queue, in SKU order.
     async fn take_supply(&mut self) -> Result<Vec<(String, Option<Timestamp>)>, StoreError>;
+    /// The records queued for re-resolution and the stored customer records, counted: how a
+    /// run resolves its changes depends on the share of the store they are.
+    async fn relink_backlog(&mut self) -> Result<(i64, i64), StoreError>;
+    /// Up to `limit` stored customer records after `after` (from the first when `None`), in
+    /// source-ref order, each with its match keys and current link: the whole identity graph,
+    /// read in pages by a run that changed a large share of it.
+    async fn identity_page(
+        &mut self,
+        after: Option<&SourceRef>,
+        limit: i64,
+    ) -> Result<Vec<IdentityNode>, StoreError>;
+    /// Every decision people took, ordered by pair.
+    async fn all_decisions(&mut self) -> Result<Vec<IdentityDecision>, StoreError>;
     /// Stores the estimated match model (JSON).
     async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError>;
 

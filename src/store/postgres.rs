@@ -34,12 +34,13 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transactio
 use uuid::Uuid;
 
 use super::rows::{
-    decode_customer, decode_line_item, decode_order, decode_record, distinct, in_input_order,
-    ingested_file, last_match_keys, metric_row, plan_upserts, position, source_ref, stored_size,
+    decode_customer, decode_line_item, decode_order, decode_record, distinct, identity_nodes,
+    in_input_order, ingested_file, last_match_keys, metric_columns, metric_row_of, plan_upserts,
+    position, source_ref, stored_size,
 };
 use super::{
-    BlockLookup, IdentityDecision, JobRun, PossibleMatch, PossibleMatchRow, ProfileWrite,
-    QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert,
+    BlockLookup, IdentityDecision, IdentityNode, JobRun, PossibleMatch, PossibleMatchRow,
+    ProfileWrite, QuarantineEntry, QuarantineRow, Store, StoreError, StoreTx, Upsert,
 };
 use crate::model::profile::CustomerProfile;
 use crate::model::{Customer, Order, OrderLineItem, Record, SourceRef};
@@ -1254,6 +1255,97 @@ impl StoreTx for PostgresTx {
         super::rows::supply_rows(rows)
     }
 
+    async fn relink_backlog(&mut self) -> Result<(i64, i64), StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT (SELECT count(*) FROM relink_queue), \
+                    (SELECT count(*) FROM records WHERE entity = 'customer')",
+        )
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+
+    async fn identity_page(
+        &mut self,
+        after: Option<&SourceRef>,
+        limit: i64,
+    ) -> Result<Vec<IdentityNode>, StoreError> {
+        let (system, stream, source_id) = after.map_or(("", "", ""), |r| {
+            (r.system.as_str(), r.stream.as_str(), r.source_id.as_str())
+        });
+        // `after = None` starts before every record: ("", "", "") sorts first (COLLATE "C").
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT system, stream, source_id, body FROM records \
+             WHERE (system, stream, source_id) > ($1, $2, $3) AND entity = 'customer' \
+             ORDER BY system, stream, source_id LIMIT $4",
+        )
+        .bind(system)
+        .bind(stream)
+        .bind(source_id)
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let customers = rows
+            .into_iter()
+            .map(|(system, stream, source_id, body)| {
+                decode_customer(&body, &source_ref((system, stream, source_id)).to_string())
+            })
+            .collect::<Result<Vec<Customer>, StoreError>>()?;
+        let Some(last) = customers.last().map(|c| c.source.clone()) else {
+            return Ok(Vec::new());
+        };
+        // The keys and links of the page's range of source refs.
+        let keys: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT system, stream, source_id, key FROM match_keys \
+             WHERE (system, stream, source_id) > ($1, $2, $3) \
+               AND (system, stream, source_id) <= ($4, $5, $6)",
+        )
+        .bind(system)
+        .bind(stream)
+        .bind(source_id)
+        .bind(&last.system)
+        .bind(&last.stream)
+        .bind(&last.source_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let links: Vec<(String, String, String, Uuid)> = sqlx::query_as(
+            "SELECT system, stream, source_id, profile_id FROM links \
+             WHERE (system, stream, source_id) > ($1, $2, $3) \
+               AND (system, stream, source_id) <= ($4, $5, $6)",
+        )
+        .bind(system)
+        .bind(stream)
+        .bind(source_id)
+        .bind(&last.system)
+        .bind(&last.stream)
+        .bind(&last.source_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let links = links
+            .into_iter()
+            .map(|(system, stream, source_id, profile_id)| {
+                Ok((source_ref((system, stream, source_id)), profile_id))
+            })
+            .collect::<Result<Vec<(SourceRef, Uuid)>, StoreError>>()?;
+        Ok(identity_nodes(customers, keys, links))
+    }
+
+    async fn all_decisions(&mut self) -> Result<Vec<IdentityDecision>, StoreError> {
+        let rows: Vec<(String, String, String, String, String, String, String)> = sqlx::query_as(
+            "SELECT a_system, a_stream, a_source_id, b_system, b_stream, b_source_id, \
+                        decision FROM identity_decisions ORDER BY 1, 2, 3, 4, 5, 6",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(a1, a2, a3, b1, b2, b3, decision)| IdentityDecision {
+                a: source_ref((a1, a2, a3)),
+                b: source_ref((b1, b2, b3)),
+                link: decision == "link",
+            })
+            .collect())
+    }
+
     async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO match_model (id, body, trained_at) VALUES (1, $1, now()) \
@@ -1643,34 +1735,16 @@ impl StoreTx for PostgresTx {
     }
 
     async fn profile_metric_rows(&mut self) -> Result<Vec<MetricRow>, StoreError> {
-        type Row = (
-            Uuid,
-            Option<i64>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT p.profile_id, \
-                    (v.body::jsonb #>> '{metrics,order_count}')::bigint, \
-                    v.body::jsonb #>> '{metrics,lifetime_value,amount}', \
-                    v.body::jsonb #>> '{metrics,first_order_at}', \
-                    v.body::jsonb #>> '{metrics,last_order_at}', \
-                    (v.body::jsonb -> 'segment')::text \
-             FROM profiles p \
-             JOIN profile_versions v ON v.profile_id = p.profile_id \
-                                    AND v.version = p.latest_version \
-             WHERE p.retired_into IS NULL \
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT p.profile_id, p.metrics FROM profiles p \
+             WHERE p.retired_into IS NULL AND p.metrics IS NOT NULL \
                AND EXISTS (SELECT 1 FROM links l WHERE l.profile_id = p.profile_id) \
              ORDER BY p.profile_id",
         )
         .fetch_all(&mut *self.tx)
         .await?;
         rows.into_iter()
-            .map(|(id, count, value, first, last, segment)| {
-                metric_row(id, count, value, first, last, segment)
-            })
+            .map(|(id, metrics)| metric_row_of(id, &metrics))
             .collect()
     }
 }
@@ -1686,6 +1760,7 @@ async fn write_profile_round(
     let mut ids = Vec::with_capacity(writes.len());
     let mut versions = Vec::with_capacity(writes.len());
     let mut hashes = Vec::with_capacity(writes.len());
+    let mut metrics = Vec::with_capacity(writes.len());
     let mut bodies = Vec::with_capacity(writes.len());
     let mut event_ids = Vec::with_capacity(writes.len());
     let mut event_types = Vec::with_capacity(writes.len());
@@ -1698,6 +1773,7 @@ async fn write_profile_round(
         ids.push(profile_id);
         versions.push(write.profile.version);
         hashes.push(write.content_hash.as_str());
+        metrics.push(metric_columns(&write.profile));
         bodies.push(body);
         event_ids.push(format!("{profile_id}:{}", write.profile.version));
         event_types.push(write.event_type.as_str());
@@ -1706,16 +1782,19 @@ async fn write_profile_round(
     // The profiles rows first (profile_versions references them); versions only move forward,
     // so a stale rebuild can never become the latest version.
     let advanced = sqlx::query(
-        "INSERT INTO profiles (profile_id, created_at, latest_version, latest_hash) \
-         SELECT id, now(), v, h FROM UNNEST($1::uuid[], $2::int8[], $3::text[]) AS k(id, v, h) \
+        "INSERT INTO profiles (profile_id, created_at, latest_version, latest_hash, metrics) \
+         SELECT id, now(), v, h, m \
+         FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[]) AS k(id, v, h, m) \
          ON CONFLICT (profile_id) DO UPDATE \
-         SET latest_version = excluded.latest_version, latest_hash = excluded.latest_hash \
+         SET latest_version = excluded.latest_version, latest_hash = excluded.latest_hash, \
+             metrics = excluded.metrics \
          WHERE profiles.latest_version IS NULL \
             OR profiles.latest_version < excluded.latest_version",
     )
     .bind(&ids)
     .bind(&versions)
     .bind(&hashes)
+    .bind(&metrics)
     .execute(&mut *conn)
     .await?;
     if let ([write], 0) = (writes, advanced.rows_affected()) {

@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::{StoreError, Upsert};
-use crate::model::profile::Segment;
+use crate::model::profile::{CustomerProfile, Segment};
 use crate::model::{Customer, Order, OrderLineItem, Record, SourceRef};
 use crate::profile::MetricRow;
 use crate::source::IngestedFile;
@@ -274,6 +274,35 @@ pub(crate) fn metric_row(
     })
 }
 
+/// The segmentation figures of a profile version, stored beside its profile row
+/// (`profiles.metrics`): `[order_count, lifetime value, first order, last order, segment]`.
+pub(crate) fn metric_columns(profile: &CustomerProfile) -> String {
+    let metrics = &profile.metrics;
+    serde_json::json!([
+        metrics.order_count,
+        metrics.lifetime_value.amount.to_string(),
+        metrics.first_order_at.map(|t| t.to_string()),
+        metrics.last_order_at.map(|t| t.to_string()),
+        profile.segment,
+    ])
+    .to_string()
+}
+
+/// A [`MetricRow`] from a profile's stored [`metric_columns`].
+pub(crate) fn metric_row_of(profile_id: Uuid, metrics: &str) -> Result<MetricRow, StoreError> {
+    type Columns = (
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<serde_json::Value>,
+    );
+    let (count, value, first, last, segment): Columns = serde_json::from_str(metrics)
+        .map_err(|error| StoreError::Corrupt(format!("profile {profile_id}: metrics: {error}")))?;
+    let segment = segment.filter(|s| !s.is_null()).map(|s| s.to_string());
+    metric_row(profile_id, count, value, first, last, segment)
+}
+
 /// Supply queue rows, `(sku, changed_from in microseconds)`, in SKU order.
 pub(crate) fn supply_rows(
     mut rows: Vec<(String, Option<i64>)>,
@@ -290,4 +319,40 @@ pub(crate) fn supply_rows(
             Ok((sku, from))
         })
         .collect()
+}
+
+/// Joins a page of customer records (in source-ref order) with their match-key rows and
+/// links (any order) into [`super::IdentityNode`]s; keys come out sorted.
+pub(crate) fn identity_nodes(
+    customers: Vec<Customer>,
+    keys: Vec<(String, String, String, String)>,
+    links: Vec<(SourceRef, Uuid)>,
+) -> Vec<super::IdentityNode> {
+    let mut nodes: Vec<super::IdentityNode> = customers
+        .into_iter()
+        .map(|customer| super::IdentityNode {
+            customer,
+            keys: Vec::new(),
+            current: None,
+        })
+        .collect();
+    let index: HashMap<SourceRef, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.customer.source.clone(), i))
+        .collect();
+    for (system, stream, source_id, key) in keys {
+        if let Some(&i) = index.get(&source_ref((system, stream, source_id))) {
+            nodes[i].keys.push(key);
+        }
+    }
+    for (record, profile) in links {
+        if let Some(&i) = index.get(&record) {
+            nodes[i].current = Some(profile);
+        }
+    }
+    for node in &mut nodes {
+        node.keys.sort();
+    }
+    nodes
 }

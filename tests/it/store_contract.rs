@@ -129,6 +129,7 @@ contract!(
     possible_matches_are_replaced_only_where_they_hold_a_scope_record,
     the_profile_queue_takes_each_profile_once_and_rolls_back_with_its_batch,
     the_supply_queue_keeps_the_earliest_change_per_sku,
+    the_identity_graph_reads_in_pages_with_keys_links_and_decisions,
     batch_methods_take_thousands_of_items,
     job_leases_are_granted_on_every_backend,
     open_orders_with_skus_finds_embedded_and_standalone_lines_of_open_orders_only,
@@ -1111,6 +1112,105 @@ async fn the_supply_queue_keeps_the_earliest_change_per_sku(backend: &Backend) {
     store.refresh_statistics().await.unwrap();
 }
 
+async fn the_identity_graph_reads_in_pages_with_keys_links_and_decisions(backend: &Backend) {
+    let store = backend.store();
+    // Five customers over two systems (stored out of order), an order that is no customer,
+    // keys on four of them, links on three.
+    let customers: Vec<Customer> = [("odoo", "9"), ("erp", "2"), ("odoo", "10"), ("erp", "1")]
+        .iter()
+        .chain(&[("shop", "a")])
+        .map(|(system, id)| customer(system, "customers", id, &[]))
+        .collect();
+    let mut records: Vec<Record> = customers.iter().cloned().map(Record::Customer).collect();
+    records.push(Record::Order(order("erp", "O1", Some("1"))));
+    let (p1, p2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_records(&records, 1).await.unwrap();
+    let at = |system: &str, id: &str| source(system, "customers", id);
+    tx.set_match_keys_many(&[
+        (
+            at("erp", "1"),
+            vec!["phone:+491".into(), "email:a@b.c".into()],
+        ),
+        (at("erp", "2"), vec!["email:a@b.c".into()]),
+        (at("odoo", "10"), vec!["name:x".into()]),
+        (at("shop", "a"), vec!["name:x".into(), "zip:1".into()]),
+    ])
+    .await
+    .unwrap();
+    tx.set_links(&[
+        (at("erp", "1"), p1),
+        (at("erp", "2"), p1),
+        (at("shop", "a"), p2),
+    ])
+    .await
+    .unwrap();
+    tx.queue_relink(&[at("erp", "2"), at("odoo", "9")])
+        .await
+        .unwrap();
+    tx.set_decision(&IdentityDecision::new(
+        at("shop", "a"),
+        at("erp", "1"),
+        false,
+    ))
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    // set_decision queued its two records too.
+    assert_eq!(tx.relink_backlog().await.unwrap(), (4, 5));
+    let mut pages = Vec::new();
+    let mut after: Option<SourceRef> = None;
+    loop {
+        let page = tx.identity_page(after.as_ref(), 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        after = page.last().map(|n| n.customer.source.clone());
+        pages.extend(page);
+    }
+    let read: Vec<(String, Vec<String>, Option<Uuid>)> = pages
+        .iter()
+        .map(|n| (n.customer.source.to_string(), n.keys.clone(), n.current))
+        .collect();
+    let keys = |k: &[&str]| k.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        read,
+        vec![
+            (
+                at("erp", "1").to_string(),
+                keys(&["email:a@b.c", "phone:+491"]),
+                Some(p1)
+            ),
+            (at("erp", "2").to_string(), keys(&["email:a@b.c"]), Some(p1)),
+            (at("odoo", "10").to_string(), keys(&["name:x"]), None),
+            (at("odoo", "9").to_string(), keys(&[]), None),
+            (
+                at("shop", "a").to_string(),
+                keys(&["name:x", "zip:1"]),
+                Some(p2)
+            ),
+        ]
+    );
+    assert_eq!(pages[1].customer, customers[1], "bodies are read whole");
+    assert!(
+        tx.identity_page(after.as_ref(), 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        tx.all_decisions().await.unwrap(),
+        vec![IdentityDecision::new(
+            at("erp", "1"),
+            at("shop", "a"),
+            false
+        )]
+    );
+}
+
 async fn the_match_model_is_stored_once(backend: &Backend) {
     let store = backend.store();
     assert_eq!(store.match_model().await.unwrap(), None);
@@ -1575,4 +1675,50 @@ async fn profile_metric_rows_and_bodies_cover_live_profiles_only(backend: &Backe
         .unwrap();
     assert_eq!(bodies.len(), 1);
     assert_eq!(bodies[&live], p);
+    tx.commit().await.unwrap();
+
+    // The migration that added the metrics column fills it from the stored bodies exactly as
+    // the store writes it.
+    let backfill = match &backend.place {
+        Place::Sqlite(_) => "sqlite/0008_profile_metrics.sql",
+        Place::Postgres { .. } => "postgres/0004_profile_metrics.sql",
+    };
+    let migration = std::fs::read_to_string(
+        crate::common::repo_root()
+            .join("src/store/migrations")
+            .join(backfill),
+    )
+    .unwrap();
+    let update = &migration[migration.find("UPDATE profiles").unwrap()..];
+    run_sql(
+        backend,
+        &format!("UPDATE profiles SET metrics = NULL; {update}"),
+    )
+    .await;
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.profile_metric_rows().await.unwrap(), rows);
+}
+
+/// Runs `sql` (several statements) directly on the backend's database.
+async fn run_sql(backend: &Backend, sql: &str) {
+    use sqlx::Connection;
+    match &backend.place {
+        Place::Sqlite(dir) => {
+            let url = format!("sqlite://{}", dir.path().join("conflux.db").display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        Place::Postgres { url, schema } => {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SET search_path TO \"{schema}\"; {sql}"
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+    }
 }
