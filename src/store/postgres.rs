@@ -684,7 +684,7 @@ impl Store for PostgresStore {
     async fn refresh_statistics(&self) -> Result<(), StoreError> {
         sqlx::query(
             "ANALYZE records, match_keys, links, profiles, profile_versions, outbox, \
-             profile_queue, supply_queue",
+             profile_queue, supply_queue, relink_queue",
         )
         .execute(&self.pool)
         .await?;
