@@ -35,8 +35,8 @@ use uuid::Uuid;
 
 use super::rows::{
     decode_customer, decode_line_item, decode_order, decode_record, distinct, identity_nodes,
-    in_input_order, ingested_file, last_match_keys, metric_columns, metric_row_of, plan_upserts,
-    position, source_ref, stored_size,
+    in_input_order, ingested_file, last_match_keys, metric_columns, metric_row_of, order_sku_rows,
+    plan_upserts, position, source_ref, stored_size,
 };
 use super::{
     BlockLookup, IdentityDecision, IdentityNode, JobRun, PossibleMatch, PossibleMatchRow,
@@ -684,7 +684,7 @@ impl Store for PostgresStore {
     async fn refresh_statistics(&self) -> Result<(), StoreError> {
         sqlx::query(
             "ANALYZE records, match_keys, links, profiles, profile_versions, outbox, \
-             profile_queue, supply_queue, relink_queue",
+             profile_queue, supply_queue, relink_queue, order_skus",
         )
         .execute(&self.pool)
         .await?;
@@ -1422,6 +1422,28 @@ impl StoreTx for PostgresTx {
         .bind(run_id)
         .execute(&mut *self.tx)
         .await?;
+        // Which orders have a line on which SKU (see the migration that made the table).
+        let written = records
+            .iter()
+            .zip(&plan.outcomes)
+            .filter(|(_, outcome)| **outcome != Upsert::Unchanged)
+            .map(|(record, _)| record);
+        let rows = order_sku_rows(written);
+        if !rows.is_empty() {
+            let skus: Vec<&str> = rows.iter().map(|r| r.0).collect();
+            let systems: Vec<&str> = rows.iter().map(|r| r.1).collect();
+            let orders: Vec<&str> = rows.iter().map(|r| r.2).collect();
+            sqlx::query(
+                "INSERT INTO order_skus (sku, system, order_id) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&skus)
+            .bind(&systems)
+            .bind(&orders)
+            .execute(&mut *self.tx)
+            .await?;
+        }
         Ok(plan.outcomes)
     }
 
@@ -1685,11 +1707,13 @@ impl StoreTx for PostgresTx {
         if skus.is_empty() {
             return Ok(Vec::new());
         }
-        // Open orders come from the status index; their lines (embedded or standalone) are
-        // matched against the wanted SKUs.
+        // Candidate orders come from `order_skus`; the open ones among them whose lines
+        // (embedded or standalone) are on a wanted SKU now are kept.
         let rows: Vec<(String, String, String, String)> = sqlx::query_as(
             "SELECT o.system, o.stream, o.source_id, o.body FROM records o \
-             WHERE o.entity = 'order' \
+             WHERE (o.system, o.source_id) IN \
+                   (SELECT s.system, s.order_id FROM order_skus s WHERE s.sku = ANY($1)) \
+               AND o.entity = 'order' \
                AND (o.body::jsonb ->> 'status') IN ('open', 'partially_fulfilled') \
                AND (EXISTS (SELECT 1 FROM jsonb_array_elements( \
                                 CASE WHEN jsonb_typeof(o.body::jsonb -> 'lines') = 'array' \

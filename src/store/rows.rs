@@ -303,6 +303,35 @@ pub(crate) fn metric_row_of(profile_id: Uuid, metrics: &str) -> Result<MetricRow
     metric_row(profile_id, count, value, first, last, segment)
 }
 
+/// The `order_skus` rows of `records`, `(sku, system, order source id)`, distinct: which
+/// orders have a line on which SKU, from orders' embedded lines and standalone lines.
+pub(crate) fn order_sku_rows<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+) -> Vec<(&'a str, &'a str, &'a str)> {
+    let mut rows = Vec::new();
+    for record in records {
+        match record {
+            Record::Order(order) => rows.extend(order.lines.iter().filter_map(|line| {
+                let sku = line.sku.as_deref()?;
+                Some((
+                    sku,
+                    order.source.system.as_str(),
+                    order.source.source_id.as_str(),
+                ))
+            })),
+            Record::OrderLine(item) => {
+                if let Some(sku) = item.line.sku.as_deref() {
+                    rows.push((sku, item.source.system.as_str(), item.order_id.as_str()));
+                }
+            }
+            _ => {}
+        }
+    }
+    rows.sort_unstable();
+    rows.dedup();
+    rows
+}
+
 /// Supply queue rows, `(sku, changed_from in microseconds)`, in SKU order.
 pub(crate) fn supply_rows(
     mut rows: Vec<(String, Option<i64>)>,

@@ -28,8 +28,9 @@ use uuid::Uuid;
 
 use super::rows::{
     decode_customer, decode_line_item, decode_order, decode_record, distinct, identity_nodes,
-    in_input_order, ingested_file, last_match_keys, metric_columns, metric_row_of, parent_ids,
-    parse_time, parse_uuid, plan_upserts, position, source_ref, stored_size, supply_rows,
+    in_input_order, ingested_file, last_match_keys, metric_columns, metric_row_of, order_sku_rows,
+    parent_ids, parse_time, parse_uuid, plan_upserts, position, source_ref, stored_size,
+    supply_rows,
 };
 use super::{
     BlockLookup, IdentityDecision, IdentityNode, JobRun, PossibleMatch, PossibleMatchRow,
@@ -109,6 +110,26 @@ impl std::fmt::Debug for SqliteTx {
 
 fn now() -> String {
     Timestamp::now().to_string()
+}
+
+/// Adds the `order_skus` rows of `records` (see the migration that made the table).
+async fn index_order_skus<'a>(
+    conn: &mut sqlx::SqliteConnection,
+    records: impl IntoIterator<Item = &'a Record>,
+) -> Result<(), StoreError> {
+    let rows = order_sku_rows(records);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO order_skus (sku, system, order_id) \
+         SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each($1) WHERE true \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(json_list(&rows, "order skus")?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Attaches the standalone order lines stored for each order (see [`Order::attach_lines`]),
@@ -568,6 +589,7 @@ impl StoreTx for SqliteTx {
             .bind(order_id)
             .execute(&mut *self.tx)
             .await?;
+            index_order_skus(&mut self.tx, [record]).await?;
             return Ok(Upsert::Inserted);
         }
         sqlx::query(
@@ -587,6 +609,7 @@ impl StoreTx for SqliteTx {
         .bind(order_id)
         .execute(&mut *self.tx)
         .await?;
+        index_order_skus(&mut self.tx, [record]).await?;
         Ok(Upsert::Updated)
     }
 
@@ -1512,6 +1535,12 @@ impl StoreTx for SqliteTx {
         .bind(now())
         .execute(&mut *self.tx)
         .await?;
+        let written = records
+            .iter()
+            .zip(&plan.outcomes)
+            .filter(|(_, outcome)| **outcome != Upsert::Unchanged)
+            .map(|(record, _)| record);
+        index_order_skus(&mut self.tx, written).await?;
         Ok(plan.outcomes)
     }
 
@@ -1754,10 +1783,14 @@ impl StoreTx for SqliteTx {
             return Ok(Vec::new());
         }
         let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-            // Open orders come from the status index; their lines (embedded or standalone)
-            // are matched against the wanted SKUs.
+            // Candidate orders come from `order_skus`; the open ones among them whose lines
+            // (embedded or standalone) are on a wanted SKU now are kept.
             "SELECT o.system, o.stream, o.source_id, o.body FROM records o \
-             WHERE o.entity = 'order' \
+             WHERE o.rowid IN (SELECT c.rowid FROM json_each($1) j \
+                               CROSS JOIN order_skus s ON s.sku = j.value \
+                               CROSS JOIN records c INDEXED BY records_by_source_id \
+                                   ON c.system = s.system AND c.source_id = s.order_id) \
+               AND o.entity = 'order' \
                AND json_extract(o.body, '$.status') IN ('open', 'partially_fulfilled') \
                AND (EXISTS (SELECT 1 FROM json_each(o.body, '$.lines') l \
                             WHERE json_extract(l.value, '$.sku') IN (SELECT value FROM json_each($1))) \
@@ -2085,7 +2118,7 @@ mod tests {
             MIGRATOR.migrations.len() as i64,
             "each migration is recorded once"
         );
-        assert_eq!(MIGRATOR.migrations.len(), 7);
+        assert_eq!(MIGRATOR.migrations.len(), 8);
         assert_eq!(count(&second, "records").await, 1);
         let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(second.pool())

@@ -1576,6 +1576,63 @@ async fn open_orders_with_skus_finds_embedded_and_standalone_lines_of_open_order
             .unwrap()
             .is_empty()
     );
+    // Lines that move to another SKU, through one-row and batch upserts, leave the old one.
+    tx.upsert_record(&with_lines("1", Open, &["B"]), 2)
+        .await
+        .unwrap();
+    tx.upsert_records(
+        &[Record::OrderLine(OrderLineItem {
+            source: source("erp", "lines", "5-1"),
+            order_id: "5".into(),
+            line: OrderLine {
+                sku: Some("C".into()),
+                ..OrderLine::default()
+            },
+        })],
+        2,
+    )
+    .await
+    .unwrap();
+    assert!(
+        tx.open_orders_with_skus(&["A".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(tx.open_orders_with_skus(&["C".into()]).await.unwrap()),
+        ["4", "5"]
+    );
+    tx.commit().await.unwrap();
+
+    // The migration that made the SKU index fills it from stored orders and lines as the
+    // upserts do.
+    let backfill = match &backend.place {
+        Place::Sqlite(_) => "sqlite/0009_order_skus.sql",
+        Place::Postgres { .. } => "postgres/0005_order_skus.sql",
+    };
+    let migration = std::fs::read_to_string(
+        crate::common::repo_root()
+            .join("src/store/migrations")
+            .join(backfill),
+    )
+    .unwrap();
+    let inserts = &migration[migration.find("INSERT").unwrap()..];
+    run_sql(backend, &format!("DELETE FROM order_skus; {inserts}")).await;
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        ids(tx
+            .open_orders_with_skus(&["B".into(), "C".into()])
+            .await
+            .unwrap()),
+        ["1", "2", "4", "5"]
+    );
+    assert!(
+        tx.open_orders_with_skus(&["A".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn sku_records_returns_stock_supplier_items_and_products_of_the_skus(backend: &Backend) {
