@@ -34,6 +34,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transactio
 use uuid::Uuid;
 
 use super::rows::{
+    DecisionRow, IDENTITY_PAGE_KEYS, IDENTITY_PAGE_LINKS, IDENTITY_PAGE_RECORDS, decisions,
     decode_customer, decode_line_item, decode_order, decode_record, distinct, identity_nodes,
     in_input_order, ingested_file, last_match_keys, metric_columns, metric_row_of, order_sku_rows,
     plan_upserts, position, source_ref, stored_size,
@@ -1030,7 +1031,7 @@ impl StoreTx for PostgresTx {
             return Ok(Vec::new());
         }
         let [systems, streams, ids] = ref_columns(distinct(records));
-        let rows: Vec<(String, String, String, String, String, String, String)> = sqlx::query_as(
+        let rows: Vec<DecisionRow> = sqlx::query_as(
             "WITH k AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) \
                         AS k(system, stream, source_id)) \
              SELECT d.a_system, d.a_stream, d.a_source_id, d.b_system, d.b_stream, \
@@ -1049,14 +1050,7 @@ impl StoreTx for PostgresTx {
         .bind(&ids)
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(a1, a2, a3, b1, b2, b3, decision)| IdentityDecision {
-                a: source_ref((a1, a2, a3)),
-                b: source_ref((b1, b2, b3)),
-                link: decision == "link",
-            })
-            .collect())
+        Ok(decisions(rows))
     }
 
     async fn set_decision(&mut self, decision: &IdentityDecision) -> Result<(), StoreError> {
@@ -1273,17 +1267,13 @@ impl StoreTx for PostgresTx {
             (r.system.as_str(), r.stream.as_str(), r.source_id.as_str())
         });
         // `after = None` starts before every record: ("", "", "") sorts first (COLLATE "C").
-        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-            "SELECT system, stream, source_id, body FROM records \
-             WHERE (system, stream, source_id) > ($1, $2, $3) AND entity = 'customer' \
-             ORDER BY system, stream, source_id LIMIT $4",
-        )
-        .bind(system)
-        .bind(stream)
-        .bind(source_id)
-        .bind(limit)
-        .fetch_all(&mut *self.tx)
-        .await?;
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(IDENTITY_PAGE_RECORDS)
+            .bind(system)
+            .bind(stream)
+            .bind(source_id)
+            .bind(limit)
+            .fetch_all(&mut *self.tx)
+            .await?;
         let customers = rows
             .into_iter()
             .map(|(system, stream, source_id, body)| {
@@ -1294,32 +1284,24 @@ impl StoreTx for PostgresTx {
             return Ok(Vec::new());
         };
         // The keys and links of the page's range of source refs.
-        let keys: Vec<(String, String, String, String)> = sqlx::query_as(
-            "SELECT system, stream, source_id, key FROM match_keys \
-             WHERE (system, stream, source_id) > ($1, $2, $3) \
-               AND (system, stream, source_id) <= ($4, $5, $6)",
-        )
-        .bind(system)
-        .bind(stream)
-        .bind(source_id)
-        .bind(&last.system)
-        .bind(&last.stream)
-        .bind(&last.source_id)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        let links: Vec<(String, String, String, Uuid)> = sqlx::query_as(
-            "SELECT system, stream, source_id, profile_id FROM links \
-             WHERE (system, stream, source_id) > ($1, $2, $3) \
-               AND (system, stream, source_id) <= ($4, $5, $6)",
-        )
-        .bind(system)
-        .bind(stream)
-        .bind(source_id)
-        .bind(&last.system)
-        .bind(&last.stream)
-        .bind(&last.source_id)
-        .fetch_all(&mut *self.tx)
-        .await?;
+        let keys: Vec<(String, String, String, String)> = sqlx::query_as(IDENTITY_PAGE_KEYS)
+            .bind(system)
+            .bind(stream)
+            .bind(source_id)
+            .bind(&last.system)
+            .bind(&last.stream)
+            .bind(&last.source_id)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        let links: Vec<(String, String, String, Uuid)> = sqlx::query_as(IDENTITY_PAGE_LINKS)
+            .bind(system)
+            .bind(stream)
+            .bind(source_id)
+            .bind(&last.system)
+            .bind(&last.stream)
+            .bind(&last.source_id)
+            .fetch_all(&mut *self.tx)
+            .await?;
         let links = links
             .into_iter()
             .map(|(system, stream, source_id, profile_id)| {
@@ -1330,20 +1312,13 @@ impl StoreTx for PostgresTx {
     }
 
     async fn all_decisions(&mut self) -> Result<Vec<IdentityDecision>, StoreError> {
-        let rows: Vec<(String, String, String, String, String, String, String)> = sqlx::query_as(
+        let rows: Vec<DecisionRow> = sqlx::query_as(
             "SELECT a_system, a_stream, a_source_id, b_system, b_stream, b_source_id, \
                         decision FROM identity_decisions ORDER BY 1, 2, 3, 4, 5, 6",
         )
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(a1, a2, a3, b1, b2, b3, decision)| IdentityDecision {
-                a: source_ref((a1, a2, a3)),
-                b: source_ref((b1, b2, b3)),
-                link: decision == "link",
-            })
-            .collect())
+        Ok(decisions(rows))
     }
 
     async fn set_match_model(&mut self, body: &str) -> Result<(), StoreError> {

@@ -385,3 +385,32 @@ pub(crate) fn identity_nodes(
     }
     nodes
 }
+
+/// One `identity_decisions` row: both source refs and the decision (`link` or not).
+pub(crate) type DecisionRow = (String, String, String, String, String, String, String);
+
+/// [`super::IdentityDecision`]s from their stored rows.
+pub(crate) fn decisions(rows: Vec<DecisionRow>) -> Vec<super::IdentityDecision> {
+    rows.into_iter()
+        .map(
+            |(a1, a2, a3, b1, b2, b3, decision)| super::IdentityDecision {
+                a: source_ref((a1, a2, a3)),
+                b: source_ref((b1, b2, b3)),
+                link: decision == "link",
+            },
+        )
+        .collect()
+}
+
+/// The SQL of `identity_page`, the same on both backends: a page of customer records after
+/// `($1, $2, $3)`, then the match keys and links of the page's range `(($1, $2, $3), ($4, $5,
+/// $6)]`.
+pub(crate) const IDENTITY_PAGE_RECORDS: &str = "SELECT system, stream, source_id, body FROM records \
+     WHERE (system, stream, source_id) > ($1, $2, $3) AND entity = 'customer' \
+     ORDER BY system, stream, source_id LIMIT $4";
+pub(crate) const IDENTITY_PAGE_KEYS: &str = "SELECT system, stream, source_id, key FROM match_keys \
+     WHERE (system, stream, source_id) > ($1, $2, $3) \
+       AND (system, stream, source_id) <= ($4, $5, $6)";
+pub(crate) const IDENTITY_PAGE_LINKS: &str = "SELECT system, stream, source_id, profile_id FROM links \
+     WHERE (system, stream, source_id) > ($1, $2, $3) \
+       AND (system, stream, source_id) <= ($4, $5, $6)";
