@@ -321,6 +321,7 @@ async fn run_streams(
     // The customers the committed batches changed are resolved and their profiles built
     // even when a stream failed later, as their events are delivered. Segments are relative
     // to the whole customer base: recomputed once the base is current.
+    //
     // The planner statistics are refreshed before resolving and again before building when
     // the run wrote much: resolving a first load writes every link at once, and planning the
     // build's joins on links as an empty table made it three times slower on PostgreSQL.
@@ -775,8 +776,8 @@ impl Batcher<'_> {
         let line_orders: Vec<(String, String)> = line_orders.into_iter().collect();
         order_customers.extend(tx.customers_of_orders(&line_orders).await?);
         // Which profiles a supply change reaches is worked out once per run, when the queued
-        // profiles are built ([`queue_supply_changes`]), not per batch: finding the open
-        // orders on a SKU reads every open order.
+        // profiles are built ([`queue_supply_changes`]), not per batch: the open orders on a
+        // SKU are read once for all the batches that changed it.
         let changed_skus: Vec<(String, Option<Timestamp>)> = changed_skus.into_iter().collect();
         tx.queue_supply(&changed_skus).await?;
         // Every profile is built once by the end of the run ([`build_queued`]): a customer
@@ -1102,8 +1103,7 @@ async fn relink(
     .await?;
     let Some(matching) = matching else {
         let inputs: Vec<LinkInput> = nodes.into_values().collect();
-        let resolution = resolver::resolve(&inputs, Uuid::now_v7);
-        return Ok(store_resolution(tx, &inputs, &resolution, &changed).await?);
+        return resolve_nodes(tx, &inputs, &[], &[], changed, None, summary).await;
     };
 
     // One hop of blocking candidates around the changed records, with their profiles.

@@ -243,37 +243,6 @@ pub(crate) fn in_input_order<T: Clone>(
         .collect()
 }
 
-/// A [`MetricRow`] from the figures a store read out of a profile's latest version: order
-/// count, lifetime value (decimal text), first and last order (RFC 3339) and segment (JSON).
-pub(crate) fn metric_row(
-    profile_id: Uuid,
-    order_count: Option<i64>,
-    lifetime_value: Option<String>,
-    first_order_at: Option<String>,
-    last_order_at: Option<String>,
-    segment: Option<String>,
-) -> Result<MetricRow, StoreError> {
-    let context = format!("profile {profile_id}");
-    let time = |text: Option<String>| text.map(|t| parse_time(&t, &context)).transpose();
-    Ok(MetricRow {
-        profile_id,
-        order_count: order_count.unwrap_or_default().max(0) as u64,
-        lifetime_value: match lifetime_value {
-            Some(v) => Decimal::from_str(&v).map_err(|error| {
-                StoreError::Corrupt(format!("{context}: lifetime value {v:?}: {error}"))
-            })?,
-            None => Decimal::ZERO,
-        },
-        first_order_at: time(first_order_at)?,
-        last_order_at: time(last_order_at)?,
-        segment: match segment {
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|error| StoreError::Corrupt(format!("{context}: segment: {error}")))?,
-            None => Segment::default(),
-        },
-    })
-}
-
 /// The segmentation figures of a profile version, stored beside its profile row
 /// (`profiles.metrics`): `[order_count, lifetime value, first order, last order, segment]`.
 pub(crate) fn metric_columns(profile: &CustomerProfile) -> String {
@@ -295,12 +264,26 @@ pub(crate) fn metric_row_of(profile_id: Uuid, metrics: &str) -> Result<MetricRow
         Option<String>,
         Option<String>,
         Option<String>,
-        Option<serde_json::Value>,
+        Option<Segment>,
     );
-    let (count, value, first, last, segment): Columns = serde_json::from_str(metrics)
-        .map_err(|error| StoreError::Corrupt(format!("profile {profile_id}: metrics: {error}")))?;
-    let segment = segment.filter(|s| !s.is_null()).map(|s| s.to_string());
-    metric_row(profile_id, count, value, first, last, segment)
+    let context = format!("profile {profile_id}");
+    let (order_count, lifetime_value, first, last, segment): Columns =
+        serde_json::from_str(metrics)
+            .map_err(|error| StoreError::Corrupt(format!("{context}: metrics: {error}")))?;
+    let time = |text: Option<String>| text.map(|t| parse_time(&t, &context)).transpose();
+    Ok(MetricRow {
+        profile_id,
+        order_count: order_count.unwrap_or_default().max(0) as u64,
+        lifetime_value: match lifetime_value {
+            Some(v) => Decimal::from_str(&v).map_err(|error| {
+                StoreError::Corrupt(format!("{context}: lifetime value {v:?}: {error}"))
+            })?,
+            None => Decimal::ZERO,
+        },
+        first_order_at: time(first)?,
+        last_order_at: time(last)?,
+        segment: segment.unwrap_or_default(),
+    })
 }
 
 /// The `order_skus` rows of `records`, `(sku, system, order source id)`, distinct: which
