@@ -16,11 +16,12 @@
 //! Replicas: a batch transaction first takes a transaction-scoped advisory lock (one per
 //! schema), so batches commit one at a time, as on SQLite, and identity resolution never
 //! sees another replica's half-written batch. The relay's [`Store::pending_events`] claims
-//! rows (`FOR UPDATE SKIP LOCKED`, `claimed_by` / `claimed_until`) for this store handle, so
-//! relays on several replicas never send the same row in normal operation; a claim of a
-//! relay that died expires after [`CLAIM_TTL`]. Scheduled runs take a lease row per job
-//! ([`Store::acquire_job_lease`]). Lease and claim expiry use the database's clock, so
-//! replicas' clocks need not agree.
+//! rows of `outbox_pending` (`FOR UPDATE SKIP LOCKED`, `claimed_by` / `claimed_until`) for
+//! this store handle, so relays on several replicas never send the same row in normal
+//! operation; a claim of a relay that died expires after [`CLAIM_TTL`]. A confirmed row is
+//! deleted from `outbox_pending`; `outbox` itself is only inserted into. Scheduled runs take
+//! a lease row per job ([`Store::acquire_job_lease`]). Lease and claim expiry use the
+//! database's clock, so replicas' clocks need not agree.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -66,7 +67,7 @@ const BATCH_LOCK: &str =
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    /// Names this handle's outbox claims: unique per open, readable in `outbox.claimed_by`.
+    /// Names this handle's outbox claims: unique per open, readable in `outbox_pending.claimed_by`.
     claimant: String,
 }
 
@@ -443,16 +444,19 @@ impl Store for PostgresStore {
     ) -> Result<Vec<OutboxEvent>, StoreError> {
         let mut rows: Vec<(i64, String, String, String)> = sqlx::query_as(
             "WITH picked AS ( \
-                 SELECT seq FROM outbox \
-                 WHERE delivered_at IS NULL AND seq > $4 \
+                 SELECT seq FROM outbox_pending \
+                 WHERE seq > $4 \
                    AND (claimed_until IS NULL OR claimed_until < clock_timestamp() \
                         OR claimed_by = $2) \
                  ORDER BY seq LIMIT $1 \
-                 FOR UPDATE SKIP LOCKED) \
-             UPDATE outbox o SET claimed_by = $2, \
-                 claimed_until = clock_timestamp() + $3 * interval '1 millisecond' \
-             FROM picked WHERE o.seq = picked.seq \
-             RETURNING o.seq, o.event_id, o.event_type, o.body",
+                 FOR UPDATE SKIP LOCKED), \
+             claimed AS ( \
+                 UPDATE outbox_pending p SET claimed_by = $2, \
+                     claimed_until = clock_timestamp() + $3 * interval '1 millisecond' \
+                 FROM picked WHERE p.seq = picked.seq \
+                 RETURNING p.seq) \
+             SELECT o.seq, o.event_id, o.event_type, o.body \
+             FROM claimed JOIN outbox o ON o.seq = claimed.seq",
         )
         .bind(limit)
         .bind(&self.claimant)
@@ -477,14 +481,10 @@ impl Store for PostgresStore {
         if seqs.is_empty() {
             return Ok(());
         }
-        // A re-delivered row keeps the time of its first confirmed delivery.
-        sqlx::query(
-            "UPDATE outbox SET delivered_at = now(), claimed_by = NULL, claimed_until = NULL \
-             WHERE delivered_at IS NULL AND seq = ANY($1)",
-        )
-        .bind(seqs)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("DELETE FROM outbox_pending WHERE seq = ANY($1)")
+            .bind(seqs)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -492,9 +492,9 @@ impl Store for PostgresStore {
     /// claim are being delivered by that relay and are not counted.
     async fn pending_count(&self) -> Result<i64, StoreError> {
         let count = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL \
-             AND (claimed_until IS NULL OR claimed_until < clock_timestamp() \
-                  OR claimed_by = $1)",
+            "SELECT COUNT(*) FROM outbox_pending \
+             WHERE claimed_until IS NULL OR claimed_until < clock_timestamp() \
+                OR claimed_by = $1",
         )
         .bind(&self.claimant)
         .fetch_one(&self.pool)
@@ -685,7 +685,7 @@ impl Store for PostgresStore {
     async fn refresh_statistics(&self) -> Result<(), StoreError> {
         sqlx::query(
             "ANALYZE records, match_keys, links, profiles, profile_versions, outbox, \
-             profile_queue, supply_queue, relink_queue, order_skus",
+             outbox_pending, profile_queue, supply_queue, relink_queue, order_skus",
         )
         .execute(&self.pool)
         .await?;
@@ -694,8 +694,8 @@ impl Store for PostgresStore {
 
     async fn release_claims(&self) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL \
-             WHERE claimed_by = $1 AND delivered_at IS NULL",
+            "UPDATE outbox_pending SET claimed_by = NULL, claimed_until = NULL \
+             WHERE claimed_by = $1",
         )
         .bind(&self.claimant)
         .execute(&self.pool)
@@ -1827,10 +1827,13 @@ async fn write_profile_round(
     .await?;
     // Identity values are drawn as the ordered rows are inserted: seq follows input order.
     sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, body, created_at) \
-         SELECT i, t, b, now() \
-         FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(i, t, b, ord) \
-         ORDER BY ord",
+        "WITH added AS ( \
+             INSERT INTO outbox (event_id, event_type, body, created_at) \
+             SELECT i, t, b, now() \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(i, t, b, ord) \
+             ORDER BY ord \
+             RETURNING seq) \
+         INSERT INTO outbox_pending (seq) SELECT seq FROM added",
     )
     .bind(&event_ids)
     .bind(&event_types)

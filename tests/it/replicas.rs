@@ -323,7 +323,8 @@ async fn two_daemons_on_one_schema_run_every_fire_time_once_and_deliver_each_eve
         }
     }
     let (outbox, undelivered): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*), COUNT(*) FILTER (WHERE delivered_at IS NULL) FROM \"{schema}\".outbox"
+        "SELECT (SELECT COUNT(*) FROM \"{schema}\".outbox), \
+                (SELECT COUNT(*) FROM \"{schema}\".outbox_pending)"
     )))
     .fetch_one(&pool)
     .await
@@ -475,7 +476,8 @@ async fn postgres_connections_killed_mid_run_fail_it_cleanly_and_the_next_run_en
         feed.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), feed.len(), "no event delivered twice");
     let outbox: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM \"{faulty}\".outbox WHERE delivered_at IS NOT NULL"
+        "SELECT COUNT(*) FROM \"{faulty}\".outbox o WHERE NOT EXISTS \
+         (SELECT 1 FROM \"{faulty}\".outbox_pending p WHERE p.seq = o.seq)"
     )))
     .fetch_one(&pool)
     .await
@@ -584,7 +586,7 @@ async fn a_replica_killed_mid_run_loses_its_lease_and_the_other_finishes_the_wor
         final_state(&pool, &reference).await
     );
     let undelivered: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM \"{shared}\".outbox WHERE delivered_at IS NULL"
+        "SELECT COUNT(*) FROM \"{shared}\".outbox_pending"
     )))
     .fetch_one(&pool)
     .await

@@ -1364,7 +1364,7 @@ async fn postgres_claims_of_a_dead_relay_are_taken_over_after_they_expire() {
     };
     let pool = sqlx::PgPool::connect(url).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE \"{schema}\".outbox SET claimed_until = now() - interval '1 second'"
+        "UPDATE \"{schema}\".outbox_pending SET claimed_until = now() - interval '1 second'"
     )))
     .execute(&pool)
     .await
@@ -1372,6 +1372,69 @@ async fn postgres_claims_of_a_dead_relay_are_taken_over_after_they_expire() {
     let taken = second.pending_events(10).await.unwrap();
     assert_eq!(taken.len(), 2);
     assert!(first.pending_events(10).await.unwrap().is_empty());
+}
+
+/// The migration that moved delivery state into `outbox_pending` carries every undelivered
+/// row over, claims included, and no delivered one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outbox_upgrade_keeps_undelivered_rows_and_their_claims() {
+    use sqlx::Connection;
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let schema = fresh_schema("upgrade");
+    let dir = crate::common::repo_root().join("src/store/migrations/postgres");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    let (before, from) = files.split_at(
+        files
+            .iter()
+            .position(|f| f.ends_with("0006_outbox_pending.sql"))
+            .unwrap(),
+    );
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut run = async |sql: String| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET search_path TO \"{schema}\"; {sql}"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    };
+    run(format!("CREATE SCHEMA \"{schema}\"")).await;
+    for file in before {
+        run(std::fs::read_to_string(file).unwrap()).await;
+    }
+    run(
+        "INSERT INTO outbox (event_id, event_type, body, created_at, delivered_at, \
+             claimed_by, claimed_until) VALUES \
+         ('e1', 't', '{}', now(), now(), NULL, NULL), \
+         ('e2', 't', '{}', now(), NULL, 'relay-a', now() + interval '1 minute'), \
+         ('e3', 't', '{}', now(), NULL, NULL, NULL)"
+            .into(),
+    )
+    .await;
+    run(std::fs::read_to_string(&from[0]).unwrap()).await;
+    let rows: Vec<(String, Option<String>, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT o.event_id, p.claimed_by, p.claimed_until IS NOT NULL \
+         FROM \"{schema}\".outbox_pending p JOIN \"{schema}\".outbox o ON o.seq = p.seq \
+         ORDER BY p.seq"
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    drop_schema(&url, &schema);
+    assert_eq!(
+        rows,
+        [
+            ("e2".to_string(), Some("relay-a".to_string()), true),
+            ("e3".to_string(), None, false)
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
