@@ -583,11 +583,12 @@ async fn relink_queued(
 const RELINK_CHUNK: i64 = 50_000;
 
 /// A backlog of at least 1/`WHOLE_GRAPH_SHARE` of the stored customer records is resolved
-/// over the whole identity graph at once ([`relink_whole`]), when the store holds at most
-/// `WHOLE_GRAPH_MAX` of them: the graph is then held in memory, about 4 KiB a record (a
-/// first load of 1M records peaked at 4.0 GiB this way).
+/// over the whole identity graph at once ([`relink_whole`]), held in memory at about 4 KiB a
+/// record (a first load of 1M records peaked at 4.0 GiB this way). Chunks are no way around
+/// that: a chunk's neighbourhood in so large a share of the store is most of the store, and
+/// a 1M first load in chunks had reached 3.7 GiB, still running, after twice the time the
+/// whole-graph run took.
 const WHOLE_GRAPH_SHARE: i64 = 4;
-const WHOLE_GRAPH_MAX: i64 = 250_000;
 
 async fn relink_chunks(
     store: &dyn Store,
@@ -601,14 +602,13 @@ async fn relink_chunks(
             return Ok(());
         }
         let matching = batcher.matching.as_ref();
-        let (affected, merges) =
-            if queued.saturating_mul(WHOLE_GRAPH_SHARE) >= stored && stored <= WHOLE_GRAPH_MAX {
-                let changed = tx.take_relink(queued).await?;
-                relink_whole(tx.as_mut(), changed, matching, summary).await?
-            } else {
-                let changed = tx.take_relink(RELINK_CHUNK).await?;
-                relink(tx.as_mut(), changed, matching, summary).await?
-            };
+        let (affected, merges) = if queued.saturating_mul(WHOLE_GRAPH_SHARE) >= stored {
+            let changed = tx.take_relink(queued).await?;
+            relink_whole(tx.as_mut(), changed, matching, summary).await?
+        } else {
+            let changed = tx.take_relink(RELINK_CHUNK).await?;
+            relink(tx.as_mut(), changed, matching, summary).await?
+        };
         // Survivors of a merge are built at once, so the `merged` event commits with the
         // retirement; every other profile is queued and built once by [`build_queued`].
         let survivors: BTreeSet<Uuid> = merges.keys().copied().collect();
@@ -1093,11 +1093,13 @@ async fn relink(
     let mut nodes: BTreeMap<SourceRef, LinkInput> = BTreeMap::new();
     let mut queried_keys: HashSet<String> = HashSet::new();
     let mut expanded: HashSet<Uuid> = HashSet::new();
+    let mut bodies: HashMap<SourceRef, Customer> = HashMap::new();
     gather(
         tx,
         &mut nodes,
         &mut queried_keys,
         &mut expanded,
+        &mut bodies,
         changed.clone(),
     )
     .await?;
@@ -1131,10 +1133,30 @@ async fn relink(
         .map(|(_, record)| record)
         .filter(|r| !nodes.contains_key(r))
         .collect();
-    gather(tx, &mut nodes, &mut queried_keys, &mut expanded, candidates).await?;
+    gather(
+        tx,
+        &mut nodes,
+        &mut queried_keys,
+        &mut expanded,
+        &mut bodies,
+        candidates,
+    )
+    .await?;
 
     let refs: Vec<SourceRef> = nodes.keys().cloned().collect();
-    let customers = tx.customers_by_refs(&refs).await?;
+    // Members of the gathered profiles came with their bodies; only the others are read.
+    let unread: Vec<SourceRef> = refs
+        .iter()
+        .filter(|r| !bodies.contains_key(*r))
+        .cloned()
+        .collect();
+    let mut customers: Vec<Customer> = tx.customers_by_refs(&unread).await?;
+    customers.extend(
+        bodies
+            .into_iter()
+            .filter(|(r, _)| nodes.contains_key(r))
+            .map(|(_, c)| c),
+    );
     let decisions: Vec<(SourceRef, SourceRef, bool)> = tx
         .decisions_touching(&refs)
         .await?
@@ -1254,12 +1276,14 @@ async fn resolve_nodes(
 }
 
 /// Adds `pending` and everything reachable from it to `nodes`: records sharing a strong key
-/// and every member of the profiles they are linked to.
+/// and every member of the profiles they are linked to. The bodies of those members, read
+/// on the way, are kept in `bodies`.
 async fn gather(
     tx: &mut dyn StoreTx,
     nodes: &mut BTreeMap<SourceRef, LinkInput>,
     queried_keys: &mut HashSet<String>,
     expanded: &mut HashSet<Uuid>,
+    bodies: &mut HashMap<SourceRef, Customer>,
     mut pending: Vec<SourceRef>,
 ) -> Result<(), StoreError> {
     while !pending.is_empty() {
@@ -1292,7 +1316,10 @@ async fn gather(
         }
         if !new_profiles.is_empty() {
             let members = tx.customers_of_many(&new_profiles).await?;
-            pending.extend(members.into_values().flatten().map(|c| c.source));
+            for member in members.into_values().flatten() {
+                pending.push(member.source.clone());
+                bodies.insert(member.source.clone(), member);
+            }
         }
         if !new_keys.is_empty() {
             pending.extend(

@@ -524,7 +524,7 @@ batch_size = 50
                             delimiter: b',',
                             quote: b'"',
                             encoding: "utf-8".into(),
-                            batch_size: 1000,
+                            batch_size: 10_000,
                         },
                         FileStream {
                             name: "orders".into(),

@@ -38,7 +38,7 @@ const ENCODINGS: [&str; 2] = ["utf-8", "windows-1252"];
 const DEFAULT_EXCHANGE: &str = "conflux.customers";
 const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30);
 const DEFAULT_FEED_BATCH: usize = 500;
-const DEFAULT_STREAM_BATCH: usize = 1000;
+const DEFAULT_STREAM_BATCH: usize = 10_000;
 
 /// Everything a load read, before any check.
 pub(crate) struct Loaded {

@@ -400,7 +400,8 @@ pub trait StoreTx: Send {
     /// Takes every queued SKU off the supply queue, in SKU order.
     async fn take_supply(&mut self) -> Result<Vec<(String, Option<Timestamp>)>, StoreError>;
     /// The records queued for re-resolution and the stored customer records, counted: how a
-    /// run resolves its changes depends on the share of the store they are.
+    /// run resolves its changes depends on the share of the store they are. With nothing
+    /// queued the stored records are not counted: `(0, 0)`.
     async fn relink_backlog(&mut self) -> Result<(i64, i64), StoreError>;
     /// Up to `limit` stored customer records after `after` (from the first when `None`), in
     /// source-ref order, each with its match keys and current link: the whole identity graph,

@@ -35,10 +35,10 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transactio
 use uuid::Uuid;
 
 use super::rows::{
-    DecisionRow, IDENTITY_PAGE_KEYS, IDENTITY_PAGE_LINKS, IDENTITY_PAGE_RECORDS, decisions,
-    decode_customer, decode_line_item, decode_order, decode_record, distinct, identity_nodes,
-    in_input_order, ingested_file, last_match_keys, metric_columns, metric_row_of, order_sku_rows,
-    plan_upserts, position, source_ref, stored_size,
+    DecisionRow, IDENTITY_PAGE_KEYS, IDENTITY_PAGE_LINKS, IDENTITY_PAGE_RECORDS, RELINK_BACKLOG,
+    decisions, decode_customer, decode_line_item, decode_order, decode_record, distinct,
+    identity_nodes, in_input_order, ingested_file, last_match_keys, metric_columns, metric_row_of,
+    order_sku_rows, plan_upserts, position, source_ref, stored_size,
 };
 use super::{
     BlockLookup, IdentityDecision, IdentityNode, JobRun, PossibleMatch, PossibleMatchRow,
@@ -1250,12 +1250,9 @@ impl StoreTx for PostgresTx {
     }
 
     async fn relink_backlog(&mut self) -> Result<(i64, i64), StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT (SELECT count(*) FROM relink_queue), \
-                    (SELECT count(*) FROM records WHERE entity = 'customer')",
-        )
-        .fetch_one(&mut *self.tx)
-        .await?)
+        Ok(sqlx::query_as(RELINK_BACKLOG)
+            .fetch_one(&mut *self.tx)
+            .await?)
     }
 
     async fn identity_page(

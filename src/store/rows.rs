@@ -385,6 +385,12 @@ pub(crate) fn decisions(rows: Vec<DecisionRow>) -> Vec<super::IdentityDecision> 
         .collect()
 }
 
+/// The SQL of `relink_backlog`, the same on both backends: the stored customer records are
+/// only counted when something is queued (the count reads every customer's index entry).
+pub(crate) const RELINK_BACKLOG: &str = "SELECT q, CASE WHEN q = 0 THEN 0 \
+     ELSE (SELECT count(*) FROM records WHERE entity = 'customer') END \
+     FROM (SELECT count(*) AS q FROM relink_queue) AS queued";
+
 /// The SQL of `identity_page`, the same on both backends: a page of customer records after
 /// `($1, $2, $3)`, then the match keys and links of the page's range `(($1, $2, $3), ($4, $5,
 /// $6)]`.

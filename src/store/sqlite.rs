@@ -27,11 +27,11 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::rows::{
-    DecisionRow, IDENTITY_PAGE_KEYS, IDENTITY_PAGE_LINKS, IDENTITY_PAGE_RECORDS, decisions,
-    decode_customer, decode_line_item, decode_order, decode_record, distinct, identity_nodes,
-    in_input_order, ingested_file, last_match_keys, metric_columns, metric_row_of, order_sku_rows,
-    parent_ids, parse_time, parse_uuid, plan_upserts, position, source_ref, stored_size,
-    supply_rows,
+    DecisionRow, IDENTITY_PAGE_KEYS, IDENTITY_PAGE_LINKS, IDENTITY_PAGE_RECORDS, RELINK_BACKLOG,
+    decisions, decode_customer, decode_line_item, decode_order, decode_record, distinct,
+    identity_nodes, in_input_order, ingested_file, last_match_keys, metric_columns, metric_row_of,
+    order_sku_rows, parent_ids, parse_time, parse_uuid, plan_upserts, position, source_ref,
+    stored_size, supply_rows,
 };
 use super::{
     BlockLookup, IdentityDecision, IdentityNode, JobRun, PossibleMatch, PossibleMatchRow,
@@ -1238,12 +1238,9 @@ impl StoreTx for SqliteTx {
     }
 
     async fn relink_backlog(&mut self) -> Result<(i64, i64), StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT (SELECT count(*) FROM relink_queue), \
-                    (SELECT count(*) FROM records WHERE entity = 'customer')",
-        )
-        .fetch_one(&mut *self.tx)
-        .await?)
+        Ok(sqlx::query_as(RELINK_BACKLOG)
+            .fetch_one(&mut *self.tx)
+            .await?)
     }
 
     async fn identity_page(

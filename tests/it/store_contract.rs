@@ -1209,6 +1209,9 @@ async fn the_identity_graph_reads_in_pages_with_keys_links_and_decisions(backend
             false
         )]
     );
+    // An empty queue is answered without counting the stored records.
+    assert_eq!(tx.take_relink(10).await.unwrap().len(), 4);
+    assert_eq!(tx.relink_backlog().await.unwrap(), (0, 0));
 }
 
 async fn the_match_model_is_stored_once(backend: &Backend) {
