@@ -67,7 +67,8 @@ const BATCH_LOCK: &str =
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    /// Names this handle's outbox claims: unique per open, readable in `outbox_pending.claimed_by`.
+    /// Names this handle's outbox claims: unique per open, readable in
+    /// `outbox_pending.claimed_by`.
     claimant: String,
 }
 
