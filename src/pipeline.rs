@@ -1150,13 +1150,9 @@ async fn relink(
         .filter(|r| !bodies.contains_key(*r))
         .cloned()
         .collect();
+    // Every member gathered became a node, so every kept body is one of the neighbourhood.
     let mut customers: Vec<Customer> = tx.customers_by_refs(&unread).await?;
-    customers.extend(
-        bodies
-            .into_iter()
-            .filter(|(r, _)| nodes.contains_key(r))
-            .map(|(_, c)| c),
-    );
+    customers.extend(bodies.into_values());
     let decisions: Vec<(SourceRef, SourceRef, bool)> = tx
         .decisions_touching(&refs)
         .await?

@@ -118,6 +118,27 @@ impl std::fmt::Debug for SqliteTx {
 fn now() -> String {
     Timestamp::now().to_string()
 }
+/// The rows of `sql` (the keys or links query of `identity_page`) in the range of source
+/// refs after `from`, up to and including `to`.
+async fn page_range<T>(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    from: (&str, &str, &str),
+    to: &SourceRef,
+) -> Result<Vec<T>, StoreError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+{
+    Ok(sqlx::query_as(sql)
+        .bind(from.0)
+        .bind(from.1)
+        .bind(from.2)
+        .bind(&to.system)
+        .bind(&to.stream)
+        .bind(&to.source_id)
+        .fetch_all(conn)
+        .await?)
+}
 
 /// Adds the `order_skus` rows of `records` (see the migration that made the table).
 async fn index_order_skus<'a>(
@@ -1267,24 +1288,11 @@ impl StoreTx for SqliteTx {
             return Ok(Vec::new());
         };
         // The keys and links of the page's range of source refs.
-        let keys: Vec<(String, String, String, String)> = sqlx::query_as(IDENTITY_PAGE_KEYS)
-            .bind(system)
-            .bind(stream)
-            .bind(source_id)
-            .bind(&last.system)
-            .bind(&last.stream)
-            .bind(&last.source_id)
-            .fetch_all(&mut *self.tx)
-            .await?;
-        let links: Vec<(String, String, String, String)> = sqlx::query_as(IDENTITY_PAGE_LINKS)
-            .bind(system)
-            .bind(stream)
-            .bind(source_id)
-            .bind(&last.system)
-            .bind(&last.stream)
-            .bind(&last.source_id)
-            .fetch_all(&mut *self.tx)
-            .await?;
+        let from = (system, stream, source_id);
+        let keys: Vec<(String, String, String, String)> =
+            page_range(&mut self.tx, IDENTITY_PAGE_KEYS, from, &last).await?;
+        let links: Vec<(String, String, String, String)> =
+            page_range(&mut self.tx, IDENTITY_PAGE_LINKS, from, &last).await?;
         let links = links
             .into_iter()
             .map(|(system, stream, source_id, profile_id)| {
