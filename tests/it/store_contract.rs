@@ -1845,3 +1845,71 @@ async fn run_sql(backend: &Backend, sql: &str) {
         }
     }
 }
+
+/// The migration that moved match keys into one key-ordered table keeps every stored key, and
+/// lookups by key and by record and the replacement of a record's keys work on the result.
+#[tokio::test]
+async fn sqlite_match_keys_upgrade_keeps_every_key() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conflux.db");
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+    let mut before = sqlx::migrate::Migrator::new(
+        crate::common::repo_root().join("src/store/migrations/sqlite"),
+    )
+    .await
+    .unwrap();
+    let upgrade = before
+        .migrations
+        .iter()
+        .position(|m| m.description.contains("match keys clustered"))
+        .expect("the match keys migration");
+    before.migrations = before.migrations[..upgrade].to_vec().into();
+    before.run(&pool).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO match_keys (key, system, stream, source_id) VALUES \
+         ('email:x@y.z', 'erp', 'customers', 'a'), ('vat:DE1', 'erp', 'customers', 'a'), \
+         ('email:x@y.z', 'crm', 'contacts', 'b'), ('blk:pc:01067', 'crm', 'contacts', 'b')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let (a, b) = (
+        source("erp", "customers", "a"),
+        source("crm", "contacts", "b"),
+    );
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.match_keys(&a).await.unwrap(), ["email:x@y.z", "vat:DE1"]);
+    assert_eq!(
+        tx.records_with_keys(&["email:x@y.z".into()]).await.unwrap(),
+        [(b.clone(), None), (a.clone(), None)]
+    );
+    let lookup = tx
+        .block_members(&["blk:pc:01067".into()], 10)
+        .await
+        .unwrap();
+    assert_eq!(lookup.members, [("blk:pc:01067".to_string(), b.clone())]);
+    tx.set_match_keys_many(&[(a.clone(), vec!["phone:+491".into(), "email:x@y.z".into()])])
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.match_keys(&a).await.unwrap(),
+        ["email:x@y.z", "phone:+491"]
+    );
+    assert_eq!(
+        tx.match_keys(&b).await.unwrap(),
+        ["blk:pc:01067", "email:x@y.z"]
+    );
+    tx.commit().await.unwrap();
+}
