@@ -1028,17 +1028,20 @@ impl StoreTx for SqliteTx {
             return Ok(Vec::new());
         }
         let triples: Vec<_> = distinct(records).into_iter().map(ref_triple).collect();
-        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-            "SELECT r.system, r.stream, r.source_id, r.body FROM json_each($1) j \
+        let mut rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT j.key, r.system, r.stream, r.source_id, r.body FROM json_each($1) j \
              CROSS JOIN records r ON r.system = j.value ->> 0 AND r.stream = j.value ->> 1 \
                                  AND r.source_id = j.value ->> 2 \
-             WHERE r.entity = 'customer' ORDER BY j.key",
+             WHERE r.entity = 'customer'",
         )
         .bind(json_list(&triples, "source refs")?)
         .fetch_all(&mut *self.tx)
         .await?;
+        // Ordered here rather than by an ORDER BY, which would copy every body into a
+        // temporary B-tree to sort rows that mostly arrive in order already.
+        rows.sort_by_key(|row| row.0);
         rows.into_iter()
-            .map(|(system, stream, source_id, body)| {
+            .map(|(_, system, stream, source_id, body)| {
                 decode_customer(&body, &source_ref((system, stream, source_id)).to_string())
             })
             .collect()
@@ -1591,8 +1594,7 @@ impl StoreTx for SqliteTx {
             "SELECT j.key, m.key FROM json_each($1) j \
              CROSS JOIN match_keys m INDEXED BY match_keys_by_record \
                  ON m.system = j.value ->> 0 AND m.stream = j.value ->> 1 \
-                AND m.source_id = j.value ->> 2 \
-             ORDER BY j.key, m.key",
+                AND m.source_id = j.value ->> 2",
         )
         .bind(&triples)
         .fetch_all(&mut *self.tx)
@@ -1609,6 +1611,9 @@ impl StoreTx for SqliteTx {
         let mut found: Vec<(Vec<String>, Option<Uuid>)> = vec![(Vec::new(), None); refs.len()];
         for (key, match_key) in key_rows {
             found[position(key, refs.len())?].0.push(match_key);
+        }
+        for (keys, _) in &mut found {
+            keys.sort_unstable();
         }
         for (key, profile_id) in link_rows {
             let index = position(key, refs.len())?;
@@ -1627,19 +1632,21 @@ impl StoreTx for SqliteTx {
         }
         let profiles = distinct(profiles);
         let ids: Vec<String> = profiles.iter().map(|id| id.to_string()).collect();
-        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+        let mut rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
             // CROSS JOIN fixes the join order, as in `customers_of`: the bound profiles drive
             // the links index, each link reaches its record by primary key.
             "SELECT j.key, r.system, r.stream, r.source_id, r.body FROM json_each($1) j \
              CROSS JOIN links l INDEXED BY links_by_profile ON l.profile_id = j.value \
              CROSS JOIN records r ON r.system = l.system AND r.stream = l.stream \
                                  AND r.source_id = l.source_id \
-             WHERE r.entity = 'customer' \
-             ORDER BY j.key, r.system, r.stream, r.source_id",
+             WHERE r.entity = 'customer'",
         )
         .bind(json_list(&ids, "profile ids")?)
         .fetch_all(&mut *self.tx)
         .await?;
+        // Ordered here rather than by an ORDER BY, which would copy every body into a
+        // temporary B-tree to sort rows that mostly arrive in order already.
+        rows.sort_by(|a, b| (a.0, &a.1, &a.2, &a.3).cmp(&(b.0, &b.1, &b.2, &b.3)));
         let mut out: HashMap<Uuid, Vec<Customer>> = HashMap::new();
         for (key, system, stream, source_id, body) in rows {
             let profile_id = *profiles[position(key, profiles.len())?];
@@ -1659,18 +1666,19 @@ impl StoreTx for SqliteTx {
             return Ok(HashMap::new());
         }
         let customers = distinct(customers);
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        let mut rows: Vec<(i64, String, String, String)> = sqlx::query_as(
             // The customer index, forced as in `orders_of_customer`, answers each bound
             // customer exactly.
             "SELECT j.key, r.stream, r.source_id, r.body FROM json_each($1) j \
              CROSS JOIN records r INDEXED BY records_by_customer \
                  ON r.entity = 'order' AND r.system = j.value ->> 0 \
-                AND r.customer_id = j.value ->> 1 \
-             ORDER BY j.key, r.stream, r.source_id",
+                AND r.customer_id = j.value ->> 1",
         )
         .bind(json_list(&customers, "customer ids")?)
         .fetch_all(&mut *self.tx)
         .await?;
+        // Ordered here, as in `customers_of_many`.
+        rows.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
         let mut out: HashMap<(String, String), Vec<Order>> = HashMap::new();
         for (key, stream, source_id, body) in rows {
             let customer = customers[position(key, customers.len())?];
