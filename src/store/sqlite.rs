@@ -1542,15 +1542,18 @@ impl StoreTx for SqliteTx {
         }
         let refs = distinct(keys.iter().map(|(record, _)| record));
         let triples: Vec<_> = refs.iter().map(|r| ref_triple(r)).collect();
-        sqlx::query(
-            "DELETE FROM match_keys WHERE (system, stream, source_id) IN ( \
-                 SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each($1))",
+        // Only the keys that changed are written: a changed record mostly keeps its keys, and
+        // each key removed or added touches a page of the key tree at random.
+        let stored: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT m.key, m.system, m.stream, m.source_id FROM json_each($1) j \
+             CROSS JOIN match_keys m INDEXED BY match_keys_by_record \
+                 ON m.system = j.value ->> 0 AND m.stream = j.value ->> 1 \
+                AND m.source_id = j.value ->> 2",
         )
         .bind(json_list(&triples, "source refs")?)
-        .execute(&mut *self.tx)
+        .fetch_all(&mut *self.tx)
         .await?;
-
-        let mut rows: Vec<(&str, &str, &str, &str)> = last_match_keys(&refs, keys)
+        let mut wanted: Vec<(&str, &str, &str, &str)> = last_match_keys(&refs, keys)
             .into_iter()
             .map(|(key, r)| {
                 (
@@ -1561,20 +1564,44 @@ impl StoreTx for SqliteTx {
                 )
             })
             .collect();
-        if rows.is_empty() {
-            return Ok(());
-        }
         // In primary-key order and without repeats: each page of the key tree is then
         // visited once per batch, in order.
-        rows.sort_unstable();
-        rows.dedup();
-        sqlx::query(
-            "INSERT INTO match_keys (key, system, stream, source_id) \
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each($1)",
-        )
-        .bind(json_list(&rows, "match keys")?)
-        .execute(&mut *self.tx)
-        .await?;
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut stored: Vec<(&str, &str, &str, &str)> = stored
+            .iter()
+            .map(|(k, system, stream, id)| {
+                (k.as_str(), system.as_str(), stream.as_str(), id.as_str())
+            })
+            .collect();
+        stored.sort_unstable();
+        let gone: Vec<_> = stored
+            .iter()
+            .filter(|row| wanted.binary_search(row).is_err())
+            .collect();
+        let added: Vec<_> = wanted
+            .iter()
+            .filter(|row| stored.binary_search(row).is_err())
+            .collect();
+        if !gone.is_empty() {
+            sqlx::query(
+                "DELETE FROM match_keys WHERE (key, system, stream, source_id) IN ( \
+                     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 \
+                     FROM json_each($1))",
+            )
+            .bind(json_list(&gone, "match keys")?)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if !added.is_empty() {
+            sqlx::query(
+                "INSERT INTO match_keys (key, system, stream, source_id) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each($1)",
+            )
+            .bind(json_list(&added, "match keys")?)
+            .execute(&mut *self.tx)
+            .await?;
+        }
         Ok(())
     }
 
