@@ -1544,7 +1544,7 @@ impl StoreTx for SqliteTx {
         let triples: Vec<_> = refs.iter().map(|r| ref_triple(r)).collect();
         // Only the keys that changed are written: a changed record mostly keeps its keys, and
         // each key removed or added touches a page of the key tree at random.
-        let stored: Vec<(String, String, String, String)> = sqlx::query_as(
+        let stored_rows: Vec<(String, String, String, String)> = sqlx::query_as(
             "SELECT m.key, m.system, m.stream, m.source_id FROM json_each($1) j \
              CROSS JOIN match_keys m INDEXED BY match_keys_by_record \
                  ON m.system = j.value ->> 0 AND m.stream = j.value ->> 1 \
@@ -1568,7 +1568,7 @@ impl StoreTx for SqliteTx {
         // visited once per batch, in order.
         wanted.sort_unstable();
         wanted.dedup();
-        let mut stored: Vec<(&str, &str, &str, &str)> = stored
+        let mut stored: Vec<(&str, &str, &str, &str)> = stored_rows
             .iter()
             .map(|(k, system, stream, id)| {
                 (k.as_str(), system.as_str(), stream.as_str(), id.as_str())
