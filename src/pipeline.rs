@@ -1090,28 +1090,17 @@ async fn relink(
     matching: Option<&MatchSettings>,
     summary: &mut RunSummary,
 ) -> Result<(BTreeSet<Uuid>, BTreeMap<Uuid, Vec<Uuid>>), PipelineError> {
-    let mut nodes: BTreeMap<SourceRef, LinkInput> = BTreeMap::new();
-    let mut queried_keys: HashSet<String> = HashSet::new();
-    let mut expanded: HashSet<Uuid> = HashSet::new();
-    let mut bodies: HashMap<SourceRef, Customer> = HashMap::new();
-    gather(
-        tx,
-        &mut nodes,
-        &mut queried_keys,
-        &mut expanded,
-        &mut bodies,
-        changed.clone(),
-    )
-    .await?;
+    let mut gathered = Gathered::default();
+    gathered.gather(tx, changed.clone()).await?;
     let Some(matching) = matching else {
-        let inputs: Vec<LinkInput> = nodes.into_values().collect();
+        let inputs: Vec<LinkInput> = gathered.nodes.into_values().collect();
         return resolve_nodes(tx, &inputs, &[], &[], changed, None, summary).await;
     };
 
     // One hop of blocking candidates around the changed records, with their profiles.
     let blocking_keys: Vec<String> = changed
         .iter()
-        .filter_map(|r| nodes.get(r))
+        .filter_map(|r| gathered.nodes.get(r))
         .flat_map(|n| {
             n.keys
                 .iter()
@@ -1131,17 +1120,10 @@ async fn relink(
         .members
         .into_iter()
         .map(|(_, record)| record)
-        .filter(|r| !nodes.contains_key(r))
+        .filter(|r| !gathered.nodes.contains_key(r))
         .collect();
-    gather(
-        tx,
-        &mut nodes,
-        &mut queried_keys,
-        &mut expanded,
-        &mut bodies,
-        candidates,
-    )
-    .await?;
+    gathered.gather(tx, candidates).await?;
+    let Gathered { nodes, bodies, .. } = gathered;
 
     let refs: Vec<SourceRef> = nodes.keys().cloned().collect();
     // Members of the gathered profiles came with their bodies; only the others are read.
@@ -1271,63 +1253,72 @@ async fn resolve_nodes(
     Ok(store_resolution(tx, inputs, &outcome.resolution, &changed).await?)
 }
 
-/// Adds `pending` and everything reachable from it to `nodes`: records sharing a strong key
-/// and every member of the profiles they are linked to. The bodies of those members, read
-/// on the way, are kept in `bodies`.
-async fn gather(
-    tx: &mut dyn StoreTx,
-    nodes: &mut BTreeMap<SourceRef, LinkInput>,
-    queried_keys: &mut HashSet<String>,
-    expanded: &mut HashSet<Uuid>,
-    bodies: &mut HashMap<SourceRef, Customer>,
-    mut pending: Vec<SourceRef>,
-) -> Result<(), StoreError> {
-    while !pending.is_empty() {
-        pending.sort();
-        pending.dedup();
-        pending.retain(|r| !nodes.contains_key(r));
-        let found = tx.keys_and_links(&pending).await?;
-        let mut new_keys = Vec::new();
-        let mut new_profiles = Vec::new();
-        for (record, (keys, current)) in std::mem::take(&mut pending).into_iter().zip(found) {
-            new_keys.extend(
-                keys.iter()
-                    .filter(|k| resolver::is_strong_key(k))
-                    .filter(|k| queried_keys.insert((*k).clone()))
-                    .cloned(),
-            );
-            if let Some(profile) = current
-                && expanded.insert(profile)
-            {
-                new_profiles.push(profile);
+/// The closed neighbourhood [`relink`] gathers from the store: its nodes, and what the
+/// gathering already did (strong keys looked up, profiles expanded, member bodies read).
+#[derive(Default)]
+struct Gathered {
+    nodes: BTreeMap<SourceRef, LinkInput>,
+    queried_keys: HashSet<String>,
+    expanded: HashSet<Uuid>,
+    /// The bodies of the profile members read while expanding profiles.
+    bodies: HashMap<SourceRef, Customer>,
+}
+
+impl Gathered {
+    /// Adds `pending` and everything reachable from it to the nodes: records sharing a strong
+    /// key and every member of the profiles they are linked to, whose bodies are kept.
+    async fn gather(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        mut pending: Vec<SourceRef>,
+    ) -> Result<(), StoreError> {
+        while !pending.is_empty() {
+            pending.sort();
+            pending.dedup();
+            pending.retain(|r| !self.nodes.contains_key(r));
+            let found = tx.keys_and_links(&pending).await?;
+            let mut new_keys = Vec::new();
+            let mut new_profiles = Vec::new();
+            for (record, (keys, current)) in std::mem::take(&mut pending).into_iter().zip(found) {
+                new_keys.extend(
+                    keys.iter()
+                        .filter(|k| resolver::is_strong_key(k))
+                        .filter(|k| self.queried_keys.insert((*k).clone()))
+                        .cloned(),
+                );
+                if let Some(profile) = current
+                    && self.expanded.insert(profile)
+                {
+                    new_profiles.push(profile);
+                }
+                self.nodes.insert(
+                    record.clone(),
+                    LinkInput {
+                        record,
+                        keys,
+                        current,
+                    },
+                );
             }
-            nodes.insert(
-                record.clone(),
-                LinkInput {
-                    record,
-                    keys,
-                    current,
-                },
-            );
-        }
-        if !new_profiles.is_empty() {
-            let members = tx.customers_of_many(&new_profiles).await?;
-            for member in members.into_values().flatten() {
-                pending.push(member.source.clone());
-                bodies.insert(member.source.clone(), member);
+            if !new_profiles.is_empty() {
+                let members = tx.customers_of_many(&new_profiles).await?;
+                for member in members.into_values().flatten() {
+                    pending.push(member.source.clone());
+                    self.bodies.insert(member.source.clone(), member);
+                }
             }
+            if !new_keys.is_empty() {
+                pending.extend(
+                    tx.records_with_keys(&new_keys)
+                        .await?
+                        .into_iter()
+                        .map(|(record, _)| record),
+                );
+            }
+            pending.retain(|r| !self.nodes.contains_key(r));
         }
-        if !new_keys.is_empty() {
-            pending.extend(
-                tx.records_with_keys(&new_keys)
-                    .await?
-                    .into_iter()
-                    .map(|(record, _)| record),
-            );
-        }
-        pending.retain(|r| !nodes.contains_key(r));
+        Ok(())
     }
-    Ok(())
 }
 
 /// Stores the links and retirements of a resolution; returns the profiles to rebuild (those
