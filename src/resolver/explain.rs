@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::matcher::MatchSettings;
-use super::prepare::prepare;
+use super::prepare::{Prepared, prepare};
 use super::scoring::{Field, compare};
 use crate::model::Customer;
 
@@ -35,7 +35,16 @@ pub struct Explanation {
 pub fn explain(a: &Customer, b: &Customer, settings: &MatchSettings) -> Explanation {
     let left = prepare(a, &settings.normalise);
     let right = prepare(b, &settings.normalise);
-    let comparison = compare(&left, &right);
+    explain_prepared(&left, &right, settings)
+}
+
+/// [`explain`] of two records already prepared under `settings.normalise`.
+pub fn explain_prepared(
+    left: &Prepared,
+    right: &Prepared,
+    settings: &MatchSettings,
+) -> Explanation {
+    let comparison = compare(left, right);
     let model = &settings.model;
     let fields: Vec<FieldEvidence> = Field::ALL
         .iter()

@@ -102,34 +102,86 @@ pub struct MatchOutcome {
     pub times: StageTimes,
 }
 
+/// Prepared records in [`SourceRef`] order: the input of [`match_prepared`]. Holding these
+/// instead of the [`Customer`]s they came from takes about a third of the memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PreparedRecords {
+    refs: Vec<SourceRef>,
+    prepared: Vec<Prepared>,
+}
+
+impl PreparedRecords {
+    /// Prepares `customers` on `threads` threads (0 = all cores).
+    pub fn prepare(customers: &[Customer], settings: &NormaliseSettings, threads: usize) -> Self {
+        let mut records = PreparedRecords::default();
+        records.extend(customers, settings, threads);
+        records
+    }
+
+    /// Prepares `customers` and adds them; the order is restored by [`match_prepared`].
+    pub fn extend(&mut self, customers: &[Customer], settings: &NormaliseSettings, threads: usize) {
+        let preparer = Preparer::new(settings);
+        let threads = parallel::threads(threads);
+        let prepared: Vec<Prepared> = parallel::map_chunks(customers.len(), threads, |range| {
+            range.map(|i| preparer.prepare(&customers[i])).collect()
+        });
+        self.refs.extend(customers.iter().map(|c| c.source.clone()));
+        self.prepared.extend(prepared);
+    }
+
+    pub fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+
+    /// The prepared form of `record`, once [`match_prepared`] has put the records in order.
+    pub fn get(&self, record: &SourceRef) -> Option<&Prepared> {
+        debug_assert!(self.refs.is_sorted());
+        let i = self.refs.binary_search(record).ok()?;
+        Some(&self.prepared[i])
+    }
+
+    /// Puts the records in `SourceRef` order, so nothing depends on input order.
+    fn sort(&mut self) {
+        if self.refs.is_sorted() {
+            return;
+        }
+        let refs = std::mem::take(&mut self.refs);
+        let prepared = std::mem::take(&mut self.prepared);
+        let mut rows: Vec<(SourceRef, Prepared)> = refs.into_iter().zip(prepared).collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        (self.refs, self.prepared) = rows.into_iter().unzip();
+    }
+}
+
 /// Matches `customers` with each other; see the module header. Fails only when the model
 /// overrides are invalid.
 pub fn match_all(
     customers: &[Customer],
     settings: &MatchSettings,
 ) -> Result<MatchOutcome, Vec<OverrideError>> {
+    let started = Instant::now();
+    let mut records = PreparedRecords::prepare(customers, &settings.normalise, settings.threads);
+    let prepared = started.elapsed();
+    let mut outcome = match_prepared(&mut records, settings)?;
+    outcome.times.prepare = prepared;
+    Ok(outcome)
+}
+
+/// [`match_all`] over records already prepared; puts them in `SourceRef` order.
+pub fn match_prepared(
+    records: &mut PreparedRecords,
+    settings: &MatchSettings,
+) -> Result<MatchOutcome, Vec<OverrideError>> {
     let threads = parallel::threads(settings.threads);
     let mut times = StageTimes::default();
-
-    // Work in SourceRef order so nothing depends on input order.
-    let mut order: Vec<usize> = (0..customers.len()).collect();
-    order.sort_by(|&a, &b| customers[a].source.cmp(&customers[b].source));
-    let record = |i: u32| &customers[order[i as usize]].source;
-    let index = |r: &SourceRef| {
-        order
-            .binary_search_by(|&i| customers[i].source.cmp(r))
-            .ok()
-            .map(|i| i as u32)
-    };
-
-    let started = Instant::now();
-    let preparer = Preparer::new(&settings.normalise);
-    let prepared: Vec<Prepared> = parallel::map_chunks(order.len(), threads, |range| {
-        range
-            .map(|i| preparer.prepare(&customers[order[i]]))
-            .collect()
-    });
-    times.prepare = started.elapsed();
+    records.sort();
+    let (refs, prepared) = (&records.refs, &records.prepared);
+    let record = |i: u32| &refs[i as usize];
+    let index = |r: &SourceRef| refs.binary_search(r).ok().map(|i| i as u32);
 
     let started = Instant::now();
     let (pairs, mut report) = blocking::candidate_pairs_with_threads(
@@ -141,7 +193,7 @@ pub fn match_all(
     let pairs = match &settings.focus {
         None => pairs,
         Some(focus) => {
-            let mut focused = vec![false; order.len()];
+            let mut focused = vec![false; refs.len()];
             for i in focus.iter().filter_map(index) {
                 focused[i as usize] = true;
             }
@@ -154,46 +206,57 @@ pub fn match_all(
     report.total_pairs = pairs.len() as u64;
     times.block = started.elapsed();
 
-    let started = Instant::now();
-    let comparisons: Vec<Comparison> = parallel::map_chunks(pairs.len(), threads, |range| {
-        range
-            .map(|k| {
-                let (i, j) = pairs[k];
-                scoring::compare(&prepared[i as usize], &prepared[j as usize])
-            })
-            .collect()
-    });
-    times.score = started.elapsed();
-
+    // Estimation needs every pair's comparison vector; plain scoring keeps only the pairs
+    // above the review floor, so it never holds one vector per candidate pair (30M pairs
+    // at 1M records).
     let started = Instant::now();
     let mut model = settings.model.clone();
-    if settings.estimate {
+    let comparisons = if settings.estimate {
+        let comparisons = compare_all(&prepared, &pairs, threads);
+        times.score = started.elapsed();
+        let started = Instant::now();
         if let Some(u) = scoring::estimate_u(&prepared, settings.u_samples, settings.seed) {
             model.u = u;
         }
         // Overrides first too, so pinned u values shape the EM fit.
         model.apply(&settings.overrides)?;
         model = scoring::estimate_m(&model, &comparisons, settings.em_iterations).0;
-    }
+        times.estimate = started.elapsed();
+        Some(comparisons)
+    } else {
+        None
+    };
     model.apply(&settings.overrides)?;
-    times.estimate = started.elapsed();
 
     let started = Instant::now();
     let table = model.weights();
     let floor = table.weight_for(settings.cluster.review_from.min(settings.cluster.threshold));
-    let scored: Vec<ScoredPair> = pairs
-        .iter()
-        .zip(&comparisons)
-        .filter_map(|(&(a, b), c)| {
-            let weight = table.weight(c);
-            (weight >= floor).then(|| ScoredPair {
-                a,
-                b,
-                weight,
-                probability: table.probability(weight),
-            })
+    let scored_pair = |k: usize, comparison: &Comparison| {
+        let (a, b) = pairs[k];
+        let weight = table.weight(comparison);
+        (weight >= floor).then(|| ScoredPair {
+            a,
+            b,
+            weight,
+            probability: table.probability(weight),
         })
-        .collect();
+    };
+    let scored: Vec<ScoredPair> = match &comparisons {
+        Some(comparisons) => (0..pairs.len())
+            .filter_map(|k| scored_pair(k, &comparisons[k]))
+            .collect(),
+        None => parallel::map_chunks(pairs.len(), threads, |range| {
+            range
+                .filter_map(|k| {
+                    let (i, j) = pairs[k];
+                    scored_pair(
+                        k,
+                        &scoring::compare(&prepared[i as usize], &prepared[j as usize]),
+                    )
+                })
+                .collect()
+        }),
+    };
     drop(comparisons);
     drop(pairs);
     times.score += started.elapsed();
@@ -252,6 +315,18 @@ pub fn match_all(
         blocking: report,
         model,
         times,
+    })
+}
+
+/// The comparison vector of every pair, on `threads` threads.
+fn compare_all(prepared: &[Prepared], pairs: &[(u32, u32)], threads: usize) -> Vec<Comparison> {
+    parallel::map_chunks(pairs.len(), threads, |range| {
+        range
+            .map(|k| {
+                let (i, j) = pairs[k];
+                scoring::compare(&prepared[i as usize], &prepared[j as usize])
+            })
+            .collect()
     })
 }
 
@@ -335,15 +410,7 @@ pub fn estimate_model(
         settings.max_block_size,
         threads,
     );
-    let comparisons: Vec<Comparison> = parallel::map_chunks(pairs.len(), threads, |range| {
-        range
-            .map(|k| {
-                let (i, j) = pairs[k];
-                scoring::compare(&prepared[i as usize], &prepared[j as usize])
-            })
-            .collect()
-    });
-    drop(comparisons);
+    drop(pairs);
     let mut model = settings.model.clone();
     if let Some(u) = scoring::estimate_u(&prepared, settings.u_samples, settings.seed) {
         model.u = u;
@@ -366,14 +433,7 @@ pub fn estimate_model(
         if rule_pairs.len() < MIN_SESSION_PAIRS {
             continue;
         }
-        let session: Vec<Comparison> = parallel::map_chunks(rule_pairs.len(), threads, |range| {
-            range
-                .map(|k| {
-                    let (i, j) = rule_pairs[k];
-                    scoring::compare(&prepared[i as usize], &prepared[j as usize])
-                })
-                .collect()
-        });
+        let session = compare_all(&prepared, &rule_pairs, threads);
         let (fitted, _) = scoring::estimate_m(&model, &session, settings.em_iterations);
         if !fitted.prior.is_finite() {
             continue;

@@ -20,10 +20,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use uuid::Uuid;
 
-use super::matcher::{self, MatchPair, MatchSettings};
+use super::matcher::{self, MatchPair, MatchSettings, PreparedRecords};
 use super::scoring::OverrideError;
 use super::{LinkInput, Resolution, assign, is_strong_key};
-use crate::model::{Customer, SourceRef};
+use crate::model::SourceRef;
 
 /// The outcome for one neighbourhood.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,15 +40,15 @@ pub struct NeighbourhoodOutcome {
 
 /// Neighbourhoods smaller than this are matched on the calling thread: spawning workers
 /// costs more than it saves.
-const PARALLEL_FROM: usize = 20_000;
+pub const PARALLEL_FROM: usize = 20_000;
 
-/// Resolves `nodes` (whose bodies are `customers`; a node without a body stays on its own)
+/// Resolves `nodes` (whose prepared bodies are `records`; a node without one stays on its own)
 /// under `settings`, honouring `decisions` (`(a, b, link)`). With `changed`, only pairs
 /// holding a changed record or a member of a profile that holds one are compared; every
 /// other profile keeps its members. See the module header.
 pub fn resolve_neighbourhood(
     nodes: &[LinkInput],
-    customers: &[Customer],
+    records: &mut PreparedRecords,
     decisions: &[(SourceRef, SourceRef, bool)],
     changed: Option<&[SourceRef]>,
     settings: &MatchSettings,
@@ -99,10 +99,10 @@ pub fn resolve_neighbourhood(
     settings.focus = changed.is_some().then(|| scope.clone());
     settings.must_link = must.into_iter().collect();
     settings.never_link = never.into_iter().collect();
-    if customers.len() < PARALLEL_FROM {
+    if records.len() < PARALLEL_FROM {
         settings.threads = 1;
     }
-    let outcome = matcher::match_all(customers, &settings)?;
+    let outcome = matcher::match_prepared(records, &settings)?;
 
     let index: HashMap<&SourceRef, usize> = nodes
         .iter()
@@ -171,7 +171,7 @@ fn keep_untouched_profiles(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Address, PartyKind};
+    use crate::model::{Address, Customer, PartyKind};
 
     fn company(id: &str, name: &str, email: &str, phone: &str) -> Customer {
         Customer {
@@ -234,9 +234,10 @@ mod tests {
             ),
         ];
         let nodes: Vec<LinkInput> = customers.iter().map(node).collect();
+        let mut records = PreparedRecords::prepare(&customers, &Default::default(), 1);
         let outcome = resolve_neighbourhood(
             &nodes,
-            &customers,
+            &mut records,
             &[],
             None,
             &MatchSettings::default(),
@@ -295,7 +296,8 @@ mod tests {
         let changed = [customers[3].source.clone(), customers[4].source.clone()];
         let settings = MatchSettings::default();
         let run = |changed: Option<&[SourceRef]>| {
-            resolve_neighbourhood(&nodes, &customers, &[], changed, &settings, Uuid::now_v7)
+            let mut records = PreparedRecords::prepare(&customers, &settings.normalise, 1);
+            resolve_neighbourhood(&nodes, &mut records, &[], changed, &settings, Uuid::now_v7)
                 .unwrap()
         };
         let focused = run(Some(&changed));
