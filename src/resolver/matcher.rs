@@ -185,7 +185,7 @@ pub fn match_prepared(
 
     let started = Instant::now();
     let (pairs, mut report) = blocking::candidate_pairs_with_threads(
-        &prepared,
+        prepared,
         &settings.blocking,
         settings.max_block_size,
         threads,
@@ -212,10 +212,10 @@ pub fn match_prepared(
     let started = Instant::now();
     let mut model = settings.model.clone();
     let comparisons = if settings.estimate {
-        let comparisons = compare_all(&prepared, &pairs, threads);
+        let comparisons = compare_all(prepared, &pairs, threads);
         times.score = started.elapsed();
         let started = Instant::now();
-        if let Some(u) = scoring::estimate_u(&prepared, settings.u_samples, settings.seed) {
+        if let Some(u) = scoring::estimate_u(prepared, settings.u_samples, settings.seed) {
             model.u = u;
         }
         // Overrides first too, so pinned u values shape the EM fit.
