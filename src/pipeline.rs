@@ -579,12 +579,12 @@ async fn relink_queued(
 
 /// Customer records resolved per transaction by [`relink_queued`]. The larger, the fewer
 /// times the neighbourhood shared by two chunks is gathered and compared; memory grows with
-/// it (about 4 KiB per record of the neighbourhood).
+/// it (about 3 KiB per record of the neighbourhood).
 const RELINK_CHUNK: i64 = 50_000;
 
 /// A backlog of at least 1/`WHOLE_GRAPH_SHARE` of the stored customer records is resolved
-/// over the whole identity graph at once ([`relink_whole`]), held in memory at about 4 KiB a
-/// record (a first load of 1M records peaked at 4.0 GiB this way). Chunks are no way around
+/// over the whole identity graph at once ([`relink_whole`]), held in memory at about 2.8 KiB
+/// a record (a first load of 1M records peaked at 2.8 GiB this way). Chunks are no way around
 /// that: a chunk's neighbourhood in so large a share of the store is most of the store, and
 /// a 1M first load in chunks had reached 3.7 GiB, still running, after twice the time the
 /// whole-graph run took.
