@@ -1805,13 +1805,15 @@ impl StoreTx for SqliteTx {
         }
         let rows: Vec<(String, String, String, String)> = sqlx::query_as(
             // Candidate orders come from `order_skus`; the open ones among them whose lines
-            // (embedded or standalone) are on a wanted SKU now are kept.
+            // (embedded or standalone) are on a wanted SKU now are kept. `+o.entity` keeps
+            // the planner on the candidates' rowids: on `entity` it walked every stored order
+            // per call. Rows are put in order in Rust, not through a temporary B-tree.
             "SELECT o.system, o.stream, o.source_id, o.body FROM records o \
              WHERE o.rowid IN (SELECT c.rowid FROM json_each($1) j \
                                CROSS JOIN order_skus s ON s.sku = j.value \
                                CROSS JOIN records c INDEXED BY records_by_source_id \
                                    ON c.system = s.system AND c.source_id = s.order_id) \
-               AND o.entity = 'order' \
+               AND +o.entity = 'order' \
                AND json_extract(o.body, '$.status') IN ('open', 'partially_fulfilled') \
                AND (EXISTS (SELECT 1 FROM json_each(o.body, '$.lines') l \
                             WHERE json_extract(l.value, '$.sku') IN (SELECT value FROM json_each($1))) \
@@ -1819,8 +1821,7 @@ impl StoreTx for SqliteTx {
                                WHERE li.entity = 'order_line' AND li.system = o.system \
                                  AND li.order_id = o.source_id \
                                  AND json_extract(li.body, '$.line.sku') \
-                                     IN (SELECT value FROM json_each($1)))) \
-             ORDER BY o.system, o.stream, o.source_id",
+                                     IN (SELECT value FROM json_each($1))))",
         )
         .bind(json_list(skus, "skus")?)
         .fetch_all(&mut *self.tx)
@@ -1831,6 +1832,7 @@ impl StoreTx for SqliteTx {
                 decode_order(&body, &format!("{system}/{stream}/{source_id}"))
             })
             .collect::<Result<Vec<Order>, StoreError>>()?;
+        orders.sort_by(|a, b| a.source.cmp(&b.source));
         attach_lines(&mut self.tx, &mut orders.iter_mut().collect::<Vec<_>>()).await?;
         Ok(orders)
     }
