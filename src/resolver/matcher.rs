@@ -102,7 +102,7 @@ pub struct MatchOutcome {
     pub times: StageTimes,
 }
 
-/// Prepared records in [`SourceRef`] order: the input of [`match_prepared`]. Holding these
+/// Prepared records, put in [`SourceRef`] order by [`match_prepared`]. Holding these
 /// instead of the [`Customer`]s they came from takes about a third of the memory.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PreparedRecords {
@@ -396,23 +396,18 @@ pub fn estimate_model(
     settings: &MatchSettings,
 ) -> Result<TrainReport, Vec<OverrideError>> {
     let threads = parallel::threads(settings.threads);
-    let mut order: Vec<usize> = (0..customers.len()).collect();
-    order.sort_by(|&a, &b| customers[a].source.cmp(&customers[b].source));
-    let preparer = Preparer::new(&settings.normalise);
-    let prepared: Vec<Prepared> = parallel::map_chunks(order.len(), threads, |range| {
-        range
-            .map(|i| preparer.prepare(&customers[order[i]]))
-            .collect()
-    });
+    let mut records = PreparedRecords::prepare(customers, &settings.normalise, threads);
+    records.sort();
+    let prepared = &records.prepared;
     let (pairs, report) = blocking::candidate_pairs_with_threads(
-        &prepared,
+        prepared,
         &settings.blocking,
         settings.max_block_size,
         threads,
     );
     drop(pairs);
     let mut model = settings.model.clone();
-    if let Some(u) = scoring::estimate_u(&prepared, settings.u_samples, settings.seed) {
+    if let Some(u) = scoring::estimate_u(prepared, settings.u_samples, settings.seed) {
         model.u = u;
     }
     model.apply(&settings.overrides)?;
@@ -425,7 +420,7 @@ pub fn estimate_model(
     let mut sessions = [0usize; scoring::FIELD_COUNT];
     for rule in &settings.blocking {
         let (rule_pairs, _) = blocking::candidate_pairs_with_threads(
-            &prepared,
+            prepared,
             std::slice::from_ref(rule),
             settings.max_block_size,
             threads,
@@ -433,7 +428,7 @@ pub fn estimate_model(
         if rule_pairs.len() < MIN_SESSION_PAIRS {
             continue;
         }
-        let session = compare_all(&prepared, &rule_pairs, threads);
+        let session = compare_all(prepared, &rule_pairs, threads);
         let (fitted, _) = scoring::estimate_m(&model, &session, settings.em_iterations);
         if !fitted.prior.is_finite() {
             continue;
