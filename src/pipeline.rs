@@ -1152,7 +1152,8 @@ async fn relink(
         .map(|d| (d.a, d.b, d.link))
         .collect();
     let inputs: Vec<LinkInput> = nodes.into_values().collect();
-    let records = prepare_records(&customers, matching, PreparedRecords::default());
+    let mut records = PreparedRecords::default();
+    prepare_records(&mut records, &customers, matching);
     drop(customers);
     resolve_nodes(
         tx,
@@ -1169,17 +1170,16 @@ async fn relink(
 /// Prepares `customers` for matching and adds them to `records`, on one thread when there
 /// are few.
 fn prepare_records(
+    records: &mut PreparedRecords,
     customers: &[Customer],
     matching: &MatchSettings,
-    mut records: PreparedRecords,
-) -> PreparedRecords {
+) {
     let threads = if customers.len() < resolver::neighbourhood::PARALLEL_FROM {
         1
     } else {
         matching.threads
     };
     records.extend(customers, &matching.normalise, threads);
-    records
 }
 
 /// Customer records read per statement by [`relink_whole`].
@@ -1216,7 +1216,7 @@ async fn relink_whole(
             customers.push(node.customer);
         }
         if let Some(matching) = matching {
-            records = prepare_records(&customers, matching, records);
+            prepare_records(&mut records, &customers, matching);
         }
         if done {
             break;
